@@ -1,0 +1,56 @@
+"""The one way to turn a composed config into objects: used by train, eval, predict and resume alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cnnlab.config import instantiate, monitor_mode
+from cnnlab.data.augment import Augmentation
+from cnnlab.data.datamodule import ImageDataModule
+from cnnlab.losses import Objective
+from cnnlab.module import ClassifierModule
+
+
+def build_objective(cfg: DictConfig) -> Objective:
+    return instantiate(cfg.loss)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The configured network, its weights drawn from the init seed alone (same weights whatever the loss)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seeds.init)
+        return instantiate(cfg.model)
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    dataset = cfg.dataset
+    transforms = [instantiate(t) for t in cfg.augmentation.get("transforms", [])]
+    return ImageDataModule(
+        source=instantiate(dataset.source, _partial_=True),
+        channels=dataset.channels, image_size=dataset.image_size, num_classes=dataset.num_classes,
+        class_names=dataset.get("class_names"), mean=dataset.get("mean"), std=dataset.get("std"),
+        batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, test_fraction=dataset.get("test_fraction"),
+        data_seed=cfg.seeds.data, augmentation=Augmentation(transforms, seed=cfg.seeds.augment),
+    )
+
+
+def build_module(cfg: DictConfig, model: nn.Module | None = None) -> ClassifierModule:
+    return ClassifierModule(
+        model=model if model is not None else build_model(cfg),
+        objective=build_objective(cfg),
+        num_classes=cfg.dataset.num_classes,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        monitor=cfg.monitor,
+        mode=monitor_mode(cfg),
+        config=plain_config(cfg),
+    )
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python data (safe to store in a weights-only checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,137 @@
+"""What a run writes into its folder as it goes: metrics.csv, curves.png, summary.json (the run-folder contract).
+
+Run folder layout (documented in README.md):
+  .hydra/              the composed config, Hydra's overrides and choices
+  tb/                  TensorBoard events
+  checkpoints/         best.ckpt (by the monitored metric) and last.ckpt
+  metrics.csv          one row per epoch
+  summary.json         choices, best / final / test metrics, parameters, duration, status
+  curves.png           loss and accuracy, train vs validation
+  model_summary.txt    the layer table printed at start
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves.png"
+COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
+    """The rows of a run's metrics.csv, numbers parsed, blanks as None."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [{key: _number(value) if value != "" else None for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    lines = [",".join(COLUMNS)]
+    for row in rows:
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" if isinstance(row[c], float)
+                              else str(row[c]) for c in COLUMNS))
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "\n".join(lines) + "\n")
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs validation, side by side in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            points = [(r["epoch"], r[f"{split}_{metric}"]) for r in rows if r.get(f"{split}_{metric}") is not None]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{'validation' if split == 'val' else 'train'}", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class RunLog(pl.Callback):
+    """Appends a metrics.csv row at the end of every training epoch and draws curves.png at the end of fit."""
+
+    def __init__(self, run_dir: Path, title: str = ""):
+        self.run_dir, self.title = Path(run_dir), title
+        self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+
+        def value(key: str) -> float | None:
+            return float(metrics[key]) if key in metrics else None
+
+        row = {
+            "epoch": trainer.current_epoch + 1,  # 1-based: the number of epochs done
+            "step": trainer.global_step,
+            "train_loss": value("train/loss"),
+            "train_acc": value("train/acc"),
+            "val_loss": value("val/loss"),
+            "val_acc": value("val/acc"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+            "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
+        }
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        write_metrics(self.run_dir, self.rows)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.rows:
+            plot_curves(self.rows, self.run_dir / CURVES_FILE, self.title)
+
+
+def best_epoch(rows: list[dict[str, Any]], column: str, mode: str) -> dict[str, Any] | None:
+    """The row with the best value of `column` (first one on ties)."""
+    scored = [r for r in rows if r.get(column) is not None and math.isfinite(r[column])]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: r[column])
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
