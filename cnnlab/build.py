@@ -34,7 +34,8 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
         channels=dataset.channels, image_size=dataset.image_size, num_classes=dataset.num_classes,
         class_names=dataset.get("class_names"), mean=dataset.get("mean"), std=dataset.get("std"),
         batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, test_fraction=dataset.get("test_fraction"),
-        data_seed=cfg.seeds.data, augmentation=Augmentation(transforms, seed=cfg.seeds.augment),
+        data_seed=cfg.seeds.data, shuffle=cfg.get("shuffle", True),
+        augmentation=Augmentation(transforms, seed=cfg.seeds.augment),
     )
 
 

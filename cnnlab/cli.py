@@ -6,8 +6,9 @@ Heavy imports (torch, Lightning) happen inside the subcommands so that `--help` 
 from __future__ import annotations
 
 import os
-import re
 import sys
+
+from cnnlab.config import user_message
 
 USAGE = """usage: cnnlab COMMAND [ARGS]
 
@@ -15,6 +16,7 @@ commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
   list [GROUP [OPTION]]    list every group's options, or show one option's config
+  lr-find [overrides]      learning-rate range test on the composed config; prints the lr to use
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
 """
@@ -25,36 +27,6 @@ def fail(message: str) -> int:
     from cnnlab.config import report
 
     return report(message)
-
-
-def _user_error(error: BaseException) -> str | None:
-    """The one-line message for a user-fixable error anywhere in the exception chain, else None."""
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from cnnlab.config import ConfigError
-
-    seen = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConfigError):
-            return str(current)
-        if isinstance(current, MissingConfigException) and current.options:
-            missing = current.missing_cfg_file or ""
-            group, _, option = missing.rpartition("/")
-            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}"
-        current = current.__cause__ or current.__context__
-    if isinstance(error, (HydraException, OmegaConfBaseException)):
-        text = str(error).split("Config search path")[0]
-        text = re.sub(r"Set the environment variable HYDRA_FULL_ERROR.*", "", text)
-        key = re.search(r"Key '([^']+)' is not in struct", str(error.__cause__ or ""))
-        if "Could not override" in text and key:
-            return f"unknown key '{key.group(1)}': not in the config (add a new key with +{key.group(1)}=VALUE)"
-        if not text.strip() and error.__cause__ is not None:
-            text = f"{type(error.__cause__).__name__}: {error.__cause__}"
-        return text
-    return None
 
 
 def train(args: list[str]) -> int:
@@ -70,7 +42,7 @@ def train(args: list[str]) -> int:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        message = _user_error(error)
+        message = user_message(error)
         if message is None:
             raise
         return fail(message)
@@ -87,6 +59,24 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
+def lr_find(args: list[str]) -> int:
+    from cnnlab.lrfind import run
+
+    return _guarded(lambda: run(args))
+
+
+def _guarded(action) -> int:
+    """Run a subcommand; user errors become one line and exit 2."""
+    try:
+        action()
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        return fail(message)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -97,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if command == "list":
         return list_options(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list (see cnnlab --help)")
+    if command == "lr-find":
+        return lr_find(rest)
+    return fail(f"unknown command {command!r}; choose one of: train, list, lr-find (see cnnlab --help)")
 
 
 if __name__ == "__main__":

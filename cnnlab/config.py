@@ -31,6 +31,39 @@ def report(message: str) -> int:
     return 2
 
 
+def user_message(error: BaseException) -> str | None:
+    """The one-line message for a user-fixable error anywhere in the exception chain, else None."""
+    import re
+
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConfigError):
+            return str(current)
+        if isinstance(current, MissingConfigException) and current.options:
+            missing = current.missing_cfg_file or ""
+            group, _, option = missing.rpartition("/")
+            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}"
+        if type(current).__name__ == "MisconfigurationException":  # Lightning's word on a Trainer setting
+            return f"trainer: {current}"
+        current = current.__cause__ or current.__context__
+    if isinstance(error, (HydraException, OmegaConfBaseException)):
+        text = str(error).split("Config search path")[0]
+        text = re.sub(r"Set the environment variable HYDRA_FULL_ERROR.*", "", text)
+        key = re.search(r"Key '([^']+)' is not in struct", str(error.__cause__ or ""))
+        if "Could not override" in text and key:
+            name = key.group(1)
+            return f"unknown key '{name}': not in the config (add a new key with +{name}=VALUE)"
+        if not text.strip() and error.__cause__ is not None:
+            text = f"{type(error.__cause__).__name__}: {error.__cause__}"
+        return text
+    return None
+
+
 def instantiate(node: Any, drop: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """`hydra.utils.instantiate` for one option node, leaving out the descriptive keys."""
     from hydra.utils import instantiate as hydra_instantiate

@@ -16,8 +16,12 @@ def groups(conf_dir: Path = CONF_DIR) -> dict[str, list[Path]]:
 
 
 def description(path: Path) -> str:
+    """An option's `description:`; presets in the global package keep theirs under their group's key."""
     data = yaml.safe_load(path.read_text()) or {}
-    return str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return ""
+    node = data if "description" in data else data.get(path.parent.name) or {}
+    return str(node.get("description", "") if isinstance(node, dict) else "").strip()
 
 
 def show(args: list[str], conf_dir: Path = CONF_DIR) -> str:

@@ -51,6 +51,24 @@ def _callbacks(cfg: DictConfig, run_dir: Path, mode: str, title: str) -> list[An
     return callbacks
 
 
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer node as Trainer keyword arguments; values with a `_target_` (a profiler, say) are built."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import instantiate
+
+    kwargs = {}
+    for key, value in cfg.trainer.items():
+        if key == "description":
+            continue
+        if OmegaConf.is_dict(value) and "_target_" in value:
+            value = instantiate(value)
+        elif OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        kwargs[key] = value
+    return kwargs
+
+
 def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
     from rich.console import Console
 
@@ -91,6 +109,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.build import build_datamodule, build_module
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.config import monitor_mode
+    from cnnlab.diagnosis import diagnose
     from cnnlab.runlog import best_epoch, read_metrics, write_summary
 
     started = time.time()
@@ -107,7 +126,7 @@ def run(cfg: DictConfig) -> float | None:
     title = " ".join(f"{g}={choices[g]}" for g in ("model", "loss", "optimizer", "scheduler") if g in choices)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     trainer = pl.Trainer(
-        **{k: v for k, v in cfg.trainer.items() if k != "description"},
+        **trainer_kwargs(cfg),
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=_callbacks(cfg, run_dir, mode, title),
@@ -118,6 +137,8 @@ def run(cfg: DictConfig) -> float | None:
     summary: dict[str, Any] = {
         "status": "running", "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
+        "debug": cfg.debug.name if cfg.get("debug") else None,
+        "experiment": cfg.experiment.name if cfg.get("experiment") else None,
     }
     trainer.fit(module, datamodule=datamodule)
 
@@ -141,6 +162,8 @@ def run(cfg: DictConfig) -> float | None:
         "final": rows[-1] if rows else None,
         "test": test_metrics,
         "duration_s": round(time.time() - started, 2),
+        "diagnosis": diagnose(rows, monitor=monitor_column, mode=mode, patience=cfg.early_stopping.patience,
+                              min_delta=cfg.early_stopping.min_delta, **cfg.diagnosis),
     })
     write_summary(run_dir, summary)
     _log_hparams(logger, cfg, choices, best, test_metrics, monitor_column)
@@ -184,23 +207,31 @@ def _log_hparams(logger: Any, cfg: DictConfig, choices: dict[str, str], best: di
 def _print_result(summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     best, test = summary.get("best") or {}, summary.get("test") or {}
     parts = [f"epochs {summary['epochs']}", f"{summary['duration_s']:.1f}s"]
     if best:
         parts.append(f"best val_acc {best.get('val_acc') or float('nan'):.4f} (epoch {int(best['epoch'])})")
     if "test/acc" in test:
         parts.append(f"test acc {test['test/acc']:.4f}")
+    if summary.get("debug"):
+        parts.append(f"debug={summary['debug']}")
     console.print("[bold]done:[/bold] " + ", ".join(parts))
+    diagnosis = summary.get("diagnosis") or {}
+    if diagnosis.get("message"):
+        console.print(f"[bold]diagnosis:[/bold] {diagnosis['message']}", highlight=False)
     console.print(f"run folder: {HydraConfig.get().runtime.output_dir}")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> float | None:
-    from cnnlab.config import ConfigError, report
+    from cnnlab.config import report, user_message
 
     try:
         return run(cfg)
-    except ConfigError as error:
-        # Reported here, as one line, before Hydra would log the job's failure around it.
-        raise SystemExit(report(str(error))) from None
+    except Exception as error:
+        # User errors are reported here, as one line, before Hydra would log the job's failure around them.
+        message = user_message(error)
+        if message is None:
+            raise
+        raise SystemExit(report(message)) from None

@@ -82,14 +82,14 @@ class ImageDataModule(pl.LightningDataModule):
     def __init__(self, source: Callable[[], Arrays], *, channels: int, image_size: int, num_classes: int,
                  class_names: Sequence[str] | None, mean: Sequence[float] | None, std: Sequence[float] | None,
                  batch_size: int, val_fraction: float, test_fraction: float | None = None,
-                 data_seed: int = 0, augmentation: Augmentation | None = None):
+                 data_seed: int = 0, shuffle: bool = True, augmentation: Augmentation | None = None):
         super().__init__()
         self.source = source
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.mean_cfg, self.std_cfg = mean, std
         self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
-        self.data_seed = data_seed
+        self.data_seed, self.shuffle = data_seed, shuffle
         self.augmentation = augmentation or Augmentation([], seed=0)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.mean = self.std = None
@@ -137,7 +137,7 @@ class ImageDataModule(pl.LightningDataModule):
         return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed)
 
     def train_dataloader(self) -> InMemoryLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=self.shuffle)
 
     def val_dataloader(self) -> InMemoryLoader:
         return self._loader("val", shuffle=False)
