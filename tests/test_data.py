@@ -96,3 +96,34 @@ def test_random_crop_shifts_each_image_within_padding():
     assert shifted > 40
     zero_padding = RandomCrop(padding=0)(images)
     assert torch.equal(zero_padding, images)
+
+
+@pytest.mark.parametrize("stop_after", [0, 3, 10])
+def test_loader_resumes_where_its_state_says(stop_after: int):
+    images, labels = torch.zeros(95, 1, 2, 2, dtype=torch.uint8), torch.arange(95)
+    straight = InMemoryLoader(images, labels, 10, shuffle=True, seed=3)
+    expected = [y for _, y in straight] + [y for _, y in straight]  # two epochs of 10 batches (the last one short)
+    first = InMemoryLoader(images, labels, 10, shuffle=True, seed=3)
+    seen = [y for _, (_, y) in zip(range(stop_after), first)]
+    resumed = InMemoryLoader(images, labels, 10, shuffle=True, seed=3)
+    resumed.load_state_dict(first.state_dict())  # 10 batches done: the next epoch starts whole
+    while len(seen) < 20:
+        seen += [y for _, y in resumed]
+    assert len(seen) == 20 and all(torch.equal(x, y) for x, y in zip(seen, expected))
+
+
+def test_augmentation_random_state_travels_in_state_dict():
+    def augmentation() -> torch.nn.Module:
+        from cnnlab.data.augment import Augmentation
+
+        return Augmentation([RandomFlip(p=0.5), RandomCrop(padding=2)], seed=7)
+
+    images = torch.rand(32, 1, 8, 8)
+    original = augmentation()
+    original(images)
+    state = original.state_dict()
+    expected = original(images)
+    restored = augmentation()
+    restored.load_state_dict(state)
+    assert torch.equal(restored(images), expected)
+    assert not torch.equal(augmentation()(images), expected)  # a fresh one starts over from the seed

@@ -65,6 +65,17 @@ class Augmentation(nn.Module):
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
+    # The generators' states travel in state_dict(), so a resumed run draws the same augmentations.
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {device: generator.get_state() for device, generator in self._generators.items()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        for device, generator_state in state.items():
+            try:
+                self.generator(torch.device(device)).set_state(generator_state)
+            except RuntimeError:  # saved on a device this machine lacks: that one starts from the seed
+                self._generators.pop(device, None)
+
     def forward(self, images: Tensor) -> Tensor:
         if not self.transforms:
             return images

@@ -49,13 +49,19 @@ def fit_images(images: Tensor, channels: int, size: int) -> Tensor:
 
 
 class InMemoryLoader:
-    """Batches of (uint8 images, labels) sliced from tensors; reshuffled each epoch with a seeded order."""
+    """Batches of (uint8 images, labels) sliced from tensors; reshuffled each epoch with a seeded order.
+
+    It is resumable (Lightning saves `state_dict()` in checkpoints): the state is the epoch being read and how many
+    of its batches were handed out, so a run resumed mid-epoch reads exactly the batches it had not seen.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
                  drop_last: bool = False):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.epoch = 0
+        self.epoch = 0  # the epoch the next iterator reads
+        self.start = 0  # the batch the next iterator starts at (non-zero only after load_state_dict)
+        self.position = (0, 0)  # (epoch, batches handed out) of the iterator being read
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -69,11 +75,24 @@ class InMemoryLoader:
         return torch.randperm(len(self.labels), generator=generator)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.order(self.epoch)
-        self.epoch += 1
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start: start + self.batch_size]
+        # A generator: nothing is read (and the epoch does not advance) until the first batch is drawn.
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start, self.position = epoch + 1, 0, (epoch, start)
+        order = self.order(epoch)
+        for batch in range(start, len(self)):
+            index = order[batch * self.batch_size: (batch + 1) * self.batch_size]
+            self.position = (epoch, batch + 1)
             yield self.images[index], self.labels[index]
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self.position
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self):  # saved at the end of an epoch: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        self.epoch, self.start, self.position = epoch, done, (epoch, done)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -144,6 +163,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader("test", shuffle=False)
+
+    # ------------------------------------------------------------ resumable state (saved in checkpoints)
+    def state_dict(self) -> dict[str, Any]:
+        return {"augmentation": self.augmentation.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.augmentation.load_state_dict(state["augmentation"])
 
     # ------------------------------------------------------------ on-device transforms
     def normalize(self, images: Tensor, augment: bool = False) -> Tensor:
