@@ -15,6 +15,7 @@ USAGE = """usage: cnnlab COMMAND [ARGS]
 commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
+  train resume=RUN_DIR     continue an interrupted run in its folder (or ckpt_path=FILE)
   list [GROUP [OPTION]]    list every group's options, or show one option's config
   lr-find [overrides]      learning-rate range test on the composed config; prints the lr to use
 
@@ -31,6 +32,13 @@ def fail(message: str) -> int:
 
 def train(args: list[str]) -> int:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
+    from cnnlab.config import ConfigError
+    from cnnlab.resume import hydra_args
+
+    try:
+        args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+    except ConfigError as error:
+        return fail(str(error))
     from cnnlab.train import hydra_entry
 
     sys.argv = ["cnnlab train", *args]

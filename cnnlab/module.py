@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -44,6 +45,9 @@ class ClassifierModule(pl.LightningModule):
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.monitor, self.mode = monitor, mode
         self.config = config  # plain data, saved inside checkpoints for eval/predict/resume
+        # The epoch's mean loss as a metric, not a logged tensor, so a checkpoint taken mid-epoch can carry its
+        # running sum (cnnlab.faults.ResumeState); "disable" skips a per-step NaN check, which would sync the device.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_scores = test_metrics(num_classes)
@@ -62,7 +66,8 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, raw, labels = self._step(batch)
         self.train_acc.update(raw.detach(), labels)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels))
+        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 

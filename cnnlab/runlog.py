@@ -47,8 +47,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
     if not path.exists():
         return []
     with path.open(newline="") as handle:
-        return [{key: _number(value) if value != "" else None for key, value in row.items()}
+        rows = [{key: _number(value) if value != "" else None for key, value in row.items()}
                 for row in csv.DictReader(handle)]
+    for row in rows:  # counts stay integers, so that rewriting the file keeps them exact
+        for key in ("epoch", "step"):
+            if row.get(key) is not None:
+                row[key] = int(row[key])
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

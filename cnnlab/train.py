@@ -30,7 +30,9 @@ def _callbacks(cfg: DictConfig, run_dir: Path, mode: str, title: str) -> list[An
 
     callbacks: list[Any] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
-                        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+                        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+        # Every epoch's end (Lightning's save_last only follows the best): what resume and failures fall back on.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         RunLog(run_dir, title=title),
     ]
@@ -91,6 +93,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")  # resume
 
     class _NoTips(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -106,7 +109,8 @@ def run(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from cnnlab.build import build_datamodule, build_module
+    from cnnlab import faults, resume
+    from cnnlab.build import build_datamodule, build_module, plain_config
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.config import monitor_mode
     from cnnlab.diagnosis import diagnose
@@ -116,6 +120,10 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     choices = _choices()
     mode = monitor_mode(cfg)
+    resumed = resume.load_for_resume(cfg, plain_config(cfg))
+    if resumed is not None:
+        resume.trim_metrics(run_dir, resumed)
+        started -= resume.previous_duration(run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -125,33 +133,39 @@ def run(cfg: DictConfig) -> float | None:
 
     title = " ".join(f"{g}={choices[g]}" for g in ("model", "loss", "optimizer", "scheduler") if g in choices)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    stop = faults.StopRequest()
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=_callbacks(cfg, run_dir, mode, title),
+        callbacks=_callbacks(cfg, run_dir, mode, title) + faults.callbacks(cfg, run_dir, stop),
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         enable_progress_bar=cfg.progress_bar != "none",
     )
     summary: dict[str, Any] = {
-        "status": "running", "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
+        "status": "running", "error": None, "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
         "debug": cfg.debug.name if cfg.get("debug") else None,
         "experiment": cfg.experiment.name if cfg.get("experiment") else None,
     }
-    trainer.fit(module, datamodule=datamodule)
-
-    rows = read_metrics(run_dir)
+    if resumed is not None:
+        summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
+    write_summary(run_dir, summary)
     monitor_column = cfg.monitor.replace("/", "_")
-    best = best_epoch(rows, monitor_column, mode)
     test_metrics: dict[str, float] = {}
     checkpoint = trainer.checkpoint_callback
-    if cfg.test:
-        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        _log_confusion(logger, module, datamodule.class_names)
+    with stop, faults.recorded(run_dir, summary, started, trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if cfg.test:
+            ckpt = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+            _log_confusion(logger, module, datamodule.class_names)
+        faults.raise_if_stop_requested(trainer)
+
+    rows = read_metrics(run_dir)
+    best = best_epoch(rows, monitor_column, mode)
     summary.update({
         "status": "completed",
         "epochs": len(rows),
@@ -225,13 +239,12 @@ def _print_result(summary: dict[str, Any]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> float | None:
-    from cnnlab.config import report, user_message
+    from cnnlab.faults import ended
 
     try:
         return run(cfg)
-    except Exception as error:
-        # User errors are reported here, as one line, before Hydra would log the job's failure around them.
-        message = user_message(error)
-        if message is None:
-            raise
-        raise SystemExit(report(message)) from None
+    except BaseException as error:
+        # Reported here, as one line, before Hydra would log the job's failure around it; in a sweep, a failed
+        # run is recorded in its summary.json and the sweep goes on.
+        return ended(error, Path(HydraConfig.get().runtime.output_dir),
+                     {"status": "failed", "choices": _choices(), "overrides": _overrides()})

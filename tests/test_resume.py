@@ -1,0 +1,61 @@
+"""Resume: which overrides a resumed run gets, what it refuses, and metrics.csv trimmed to the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import ConfigError
+from cnnlab.resume import check_same_config, hydra_args, trim_metrics
+from cnnlab.runlog import read_metrics, write_metrics
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "my run"  # a space: the paths must reach Hydra quoted
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- trainer.max_epochs=2\n- ckpt_path=/old.ckpt\n")
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "global_step": 5, "cnnlab": {"config": {"seed": 1}, "num_classes": 10}},
+               run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_resume_recomposes_the_runs_overrides_in_its_folder(run_dir: Path):
+    args = hydra_args([f"resume={run_dir}", "trainer.max_epochs=5", "progress_bar=none"])
+    assert args == ["model=mlp", "trainer.max_epochs=5", "progress_bar=none", f"hydra.run.dir='{run_dir}'",
+                    f"ckpt_path='{run_dir}/checkpoints/last.ckpt'"]
+
+
+def test_ckpt_path_inside_a_run_folder_continues_that_run(run_dir: Path):
+    best = run_dir / "checkpoints" / "best.ckpt"
+    best.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    assert hydra_args([f"ckpt_path={best}"])[-2:] == [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{best}'"]
+
+
+def test_a_checkpoint_outside_any_run_starts_a_new_folder(tmp_path: Path, run_dir: Path):
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    assert hydra_args(["model=mlp", f"ckpt_path={loose}"]) == ["model=mlp", f"ckpt_path={loose}"]
+
+
+def test_without_resume_the_arguments_pass_untouched():
+    assert hydra_args(["-m", "loss=ce,nll"]) == ["-m", "loss=ce,nll"]
+
+
+def test_only_run_length_device_and_output_keys_may_change_on_resume():
+    saved = {"optimizer": {"lr": 0.01}, "trainer": {"max_epochs": 2}, "data_dir": "/a"}
+    check_same_config({"optimizer": {"lr": 0.01}, "trainer": {"max_epochs": 9}, "data_dir": "/b", "new": 1}, saved,
+                      "x.ckpt")
+    with pytest.raises(ConfigError, match=r"optimizer.lr=0.1 differs from the 0.01 that x.ckpt was trained with"):
+        check_same_config({"optimizer": {"lr": 0.1}, "trainer": {"max_epochs": 2}}, saved, "x.ckpt")
+
+
+def test_metrics_rows_past_the_checkpoint_are_dropped(tmp_path: Path):
+    rows = [{"epoch": e, "step": 8 * e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    write_metrics(tmp_path, rows)
+    trim_metrics(tmp_path, {"global_step": 20})  # a checkpoint taken mid-epoch 3
+    assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path)] == [(1, 8), (2, 16)]
