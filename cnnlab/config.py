@@ -115,10 +115,56 @@ def validate(cfg: Any) -> None:
            "an integer >= 1, or -1 for no limit")
     _check(cfg.monitor_mode in ("min", "max", "auto"), "monitor_mode", cfg.monitor_mode, "one of min, max, auto")
     _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
+    _check_run(cfg)
+    _check_trainer(cfg.trainer)
     for key in ("channels", "num_classes", "image_size"):
         value = cfg.dataset.get(key)
         low = 2 if key == "num_classes" else 1
         _check(isinstance(value, int) and value >= low, f"dataset.{key}", value, f"an integer >= {low}")
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+PRECISIONS = ("32-true", "32", 32, "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", 64, "16", 16,
+              "bf16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def _check_run(cfg: Any) -> None:
+    """Seeds, the data folder and the fault-injection keys."""
+    import os
+
+    for key, value in (cfg.get("seeds") or {}).items():
+        _check(isinstance(value, int) and not isinstance(value, bool), f"seeds.{key}", value, "an integer")
+    data_dir = os.path.expanduser(os.path.expandvars(str(cfg.get("data_dir") or "")))
+    if data_dir and os.path.exists(data_dir):  # a missing one is created when a dataset is downloaded into it
+        _check(os.path.isdir(data_dir), "data_dir", data_dir, "a folder (this is a file)")
+        _check(os.access(data_dir, os.R_OK | os.X_OK), "data_dir", data_dir, "a folder you may read")
+    inject = cfg.get("fault_injection") or {}
+    for key in ("signal_at_step", "nan_at_step"):
+        step = inject.get(key)
+        _check(step is None or _is_int(step, 1), f"fault_injection.{key}", step, "null or a training step >= 1")
+    _check(inject.get("signal", "SIGTERM") in ("SIGINT", "SIGTERM"), "fault_injection.signal", inject.get("signal"),
+           "SIGINT or SIGTERM")
+
+
+def _check_trainer(trainer: Any) -> None:
+    """The Trainer settings Lightning would otherwise reject only after the run folder has filled up."""
+    precision = trainer.get("precision", "32-true")
+    _check(precision in PRECISIONS, "trainer.precision", precision,
+           "one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true")
+    accelerator = trainer.get("accelerator", "auto")
+    _check(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, "one of " + ", ".join(ACCELERATORS))
+    devices = trainer.get("devices", "auto")
+    _check(devices in ("auto", -1) or _is_int(devices, 1) or (isinstance(devices, str) and devices.strip() != "0")
+           or (not isinstance(devices, (int, str)) and len(devices) > 0),
+           "trainer.devices", devices, "auto, -1 (all), a count >= 1 or a list of device indices")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    _check(_is_int(accumulate, 1), "trainer.accumulate_grad_batches", accumulate, "an integer >= 1")
+    clip = trainer.get("gradient_clip_val")
+    _check(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip, "null or a number >= 0")
 
 
 def monitor_mode(cfg: Any) -> str:
