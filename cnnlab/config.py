@@ -121,6 +121,9 @@ def validate(cfg: Any) -> None:
         value = cfg.dataset.get(key)
         low = 2 if key == "num_classes" else 1
         _check(isinstance(value, int) and value >= low, f"dataset.{key}", value, f"an integer >= {low}")
+    from cnnlab.optim import check_config  # imports torch: only once a run is being validated
+
+    check_config(cfg, monitor_mode(cfg))
 
 
 def _is_int(value: Any, low: int) -> bool:

@@ -94,15 +94,8 @@ class ClassifierModule(pl.LightningModule):
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_cfg, self.model)
-        trainer = self.trainer
-        total = int(trainer.estimated_stepping_batches)
-        epochs = max(1, trainer.max_epochs or 1)
-        run = RunLength(total_steps=total, steps_per_epoch=max(1, total // epochs), max_epochs=epochs)
-        scheduler = build_scheduler(self.scheduler_cfg, optimizer, run)
-        if scheduler is None:
-            return optimizer
-        scheduler.setdefault("monitor", self.monitor)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))
+        return ([optimizer], schedulers) if schedulers else optimizer
 
     # ------------------------------------------------------------ checkpoints carry the config as plain data
     def on_save_checkpoint(self, checkpoint: dict) -> None:
