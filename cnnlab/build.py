@@ -16,14 +16,19 @@ from cnnlab.module import ClassifierModule
 
 
 def build_objective(cfg: DictConfig) -> Objective:
-    return instantiate(cfg.loss)
+    """The loss, checked against the task (ConfigError for a loss that cannot learn it)."""
+    return instantiate(cfg.loss).for_task(cfg.dataset.num_classes, multilabel=cfg.dataset.get("multilabel", False))
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """The configured network, its weights drawn from the init seed alone (same weights whatever the loss)."""
+    """The configured network, its weights drawn from the init seed alone (same weights whatever the loss).
+
+    Its output units are the loss's choice (one logit for `bce` on two classes), not the config's num_classes.
+    """
+    units = build_objective(cfg).output_units(cfg.dataset.num_classes, cfg.dataset.get("multilabel", False))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seeds.init)
-        return instantiate(cfg.model)
+        return instantiate(cfg.model, num_classes=units)
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:

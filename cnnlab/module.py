@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -15,14 +15,35 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
+    MultilabelAccuracy,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
 )
 
 from cnnlab.losses import Objective
 from cnnlab.optim import RunLength, build_optimizer, build_scheduler
 
 
-def test_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy (top-1, top-5 where classes > 5), macro precision / recall / F1 and AUC-ROC."""
+def accuracy(num_classes: int, multilabel: bool = False) -> Metric:
+    """Top-1 accuracy; on multi-label data the fraction of label decisions (thresholded at 0.5) that are right."""
+    if multilabel:
+        return MultilabelAccuracy(num_classes, threshold=0.5, average="micro")
+    return MulticlassAccuracy(num_classes, average="micro")
+
+
+def multilabel_scores(num_classes: int) -> dict[str, Metric]:
+    """Macro F1 at threshold 0.5, per-label F1 (`f1_label` -> test/f1_label_<i>) and mAP (macro average precision)."""
+    return {
+        "f1": MultilabelF1Score(num_classes, threshold=0.5, average="macro"),
+        "f1_label": MultilabelF1Score(num_classes, threshold=0.5, average="none"),
+        "map": MultilabelAveragePrecision(num_classes, average="macro"),
+    }
+
+
+def test_metrics(num_classes: int, multilabel: bool = False) -> MetricCollection:
+    """Accuracy (top-1, top-5 where classes > 5), macro precision / recall / F1 and AUC-ROC; multi-label: F1, mAP."""
+    if multilabel:
+        return MetricCollection({"acc": accuracy(num_classes, multilabel=True), **multilabel_scores(num_classes)})
     metrics: dict[str, Any] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "precision": MulticlassPrecision(num_classes, average="macro"),
@@ -48,48 +69,71 @@ class ClassifierModule(pl.LightningModule):
         # The epoch's mean loss as a metric, not a logged tensor, so a checkpoint taken mid-epoch can carry its
         # running sum (cnnlab.faults.ResumeState); "disable" skips a per-step NaN check, which would sync the device.
         self.train_loss = MeanMetric(nan_strategy="disable")
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_scores = test_metrics(num_classes)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.multilabel = objective.multilabel
+        self.train_acc = accuracy(num_classes, self.multilabel)
+        self.val_acc = accuracy(num_classes, self.multilabel)
+        self.val_scores = MetricCollection({k: v for k, v in multilabel_scores(num_classes).items()
+                                            if k != "f1_label"}, prefix="val/") if self.multilabel else None
+        self.test_scores = test_metrics(num_classes, self.multilabel)
+        self.test_confusion = None if self.multilabel else MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.objective.needs_class_counts and datamodule is not None:
+            self.objective.fit_class_weights(datamodule.train_labels())
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
     # ------------------------------------------------------------ steps
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss, class probabilities and the targets the metrics compare them with."""
         images, labels = batch
         raw = self.model(images)
-        return self.objective(raw, labels), raw, labels
+        return self.objective(raw, labels), self.objective.probabilities(raw.detach()), self._metric_targets(labels)
+
+    def _metric_targets(self, labels: Tensor) -> Tensor:
+        """Class indices (argmax of mixup/cutmix target vectors), or 0/1 label vectors on multi-label data."""
+        if self.multilabel:
+            return (labels >= 0.5).long()
+        return labels.argmax(1) if labels.ndim == 2 else labels
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, raw, labels = self._step(batch)
-        self.train_acc.update(raw.detach(), labels)
-        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        loss, probs, targets = self._step(batch)
+        self.train_acc.update(probs, targets)
+        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(targets)))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, raw, labels = self._step(batch)
-        self.val_acc.update(raw, labels)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), prog_bar=True)
-        self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(labels), prog_bar=True)
+        loss, probs, targets = self._step(batch)
+        self.val_acc.update(probs, targets)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(targets), prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(targets), prog_bar=True)
+        if self.val_scores is not None:
+            self.val_scores.update(probs, targets)
+            self.log_dict(self.val_scores, on_epoch=True, batch_size=len(targets))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, raw, labels = self._step(batch)
-        probs = self.objective.probabilities(raw)
-        self.test_scores.update(probs, labels)
-        self.test_confusion.update(probs, labels)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(labels))
+        loss, probs, targets = self._step(batch)
+        self.test_scores.update(probs, targets)
+        if self.test_confusion is not None:
+            self.test_confusion.update(probs, targets)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets))
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.test_scores.compute().items():
-            self.log(f"test/{name}", value)
+            if value.ndim:  # per-label values: one entry each
+                for index, item in enumerate(value):
+                    self.log(f"test/{name}_{index}", item)
+            else:
+                self.log(f"test/{name}", value)
         self.test_scores.reset()
-        self.confusion = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
+        if self.test_confusion is not None:
+            self.confusion = self.test_confusion.compute().cpu()
+            self.test_confusion.reset()
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

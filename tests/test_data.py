@@ -127,3 +127,15 @@ def test_augmentation_random_state_travels_in_state_dict():
     restored.load_state_dict(state)
     assert torch.equal(restored(images), expected)
     assert not torch.equal(augmentation()(images), expected)  # a fresh one starts over from the seed
+
+
+def test_synthetic_multilabel_gives_0_1_vectors_and_a_seeded_random_split():
+    arrays = synthetic(num_train=200, num_test=20, image_size=8, num_classes=5, multilabel=True)
+    labels = arrays.train_labels
+    assert labels.shape == (200, 5) and labels.dtype == torch.float32
+    assert set(labels.unique().tolist()) == {0.0, 1.0} and (labels.sum(1) >= 1).all()
+    assert 1.2 < labels.sum(1).mean() < 2.2  # each class present about 30% of the time, at least one per image
+    keep, held = stratified_split(labels, 0.25, seed=3)
+    assert len(held) == 50 and len(keep) == 150 and not set(keep.tolist()) & set(held.tolist())
+    assert torch.equal(held, stratified_split(labels, 0.25, seed=3)[1])
+    assert not torch.equal(held, stratified_split(labels, 0.25, seed=4)[1])

@@ -17,6 +17,10 @@ from cnnlab.data.sources import Arrays
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (keep, held_out): `fraction` of each class held out, chosen by a seeded permutation."""
     generator = torch.Generator().manual_seed(seed)
+    if labels.ndim == 2:  # multi-label 0/1 rows have no single class to stratify by: a seeded random split
+        order = torch.randperm(len(labels), generator=generator)
+        count = int(round(len(labels) * fraction))
+        return torch.sort(order[count:]).values, torch.sort(order[:count]).values
     keep, held = [], []
     for cls in torch.unique(labels):
         members = torch.nonzero(labels == cls).flatten()
@@ -146,6 +150,10 @@ class ImageDataModule(pl.LightningDataModule):
             if mean.numel() == 1 and self.channels > 1:
                 mean, std = mean.repeat(self.channels), std.repeat(self.channels)
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def train_labels(self) -> Tensor:
+        """The training split's labels (what `class_weights: balanced` counts)."""
+        return self.splits["train"][1]
 
     def split_sizes(self) -> dict[str, int]:
         return {name: len(labels) for name, (_, labels) in self.splits.items()}

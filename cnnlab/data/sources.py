@@ -15,7 +15,10 @@ from cnnlab.config import ConfigError
 
 @dataclass
 class Arrays:
-    """A dataset's images as uint8 (N, C, H, W) and labels as int64; `test_*` is None without an official test split."""
+    """A dataset's images as uint8 (N, C, H, W) and labels as int64 (N,) or, multi-label, float 0/1 (N, classes).
+
+    `test_*` is None without an official test split.
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -137,8 +140,12 @@ def digits() -> Arrays:
 
 
 def synthetic(num_train: int = 512, num_test: int = 128, channels: int = 1, image_size: int = 28,
-              num_classes: int = 10, noise: float = 0.35, seed: int = 0) -> Arrays:
-    """Seeded images: a smooth random prototype per class plus per-image noise and a small shift."""
+              num_classes: int = 10, noise: float = 0.35, seed: int = 0, multilabel: bool = False) -> Arrays:
+    """Seeded images: a smooth random prototype per class plus per-image noise and a small shift.
+
+    multilabel: each image holds a random non-empty subset of the classes (each present with probability 0.3),
+    drawn as the sum of their centred prototypes; labels are float 0/1 vectors (N, num_classes).
+    """
     generator = torch.Generator().manual_seed(seed)
     coarse = max(2, image_size // 4)
     prototypes = torch.rand(num_classes, channels, coarse, coarse, generator=generator)
@@ -146,6 +153,8 @@ def synthetic(num_train: int = 512, num_test: int = 128, channels: int = 1, imag
                                                  align_corners=False)
 
     def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if multilabel:
+            return _multilabel_images(count, prototypes, noise, generator)
         labels = torch.arange(count) % num_classes
         labels = labels[torch.randperm(count, generator=generator)]
         images = prototypes[labels] + noise * torch.randn(count, channels, image_size, image_size,
@@ -155,3 +164,15 @@ def synthetic(num_train: int = 512, num_test: int = 128, channels: int = 1, imag
     train_images, train_labels = make(num_train)
     test_images, test_labels = make(num_test)
     return Arrays(train_images, train_labels, test_images, test_labels)
+
+
+def _multilabel_images(count: int, prototypes: torch.Tensor, noise: float,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images showing a random non-empty subset of the classes, and their float 0/1 label vectors."""
+    num_classes = len(prototypes)
+    labels = (torch.rand(count, num_classes, generator=generator) < 0.3).float()
+    empty = torch.nonzero(labels.sum(1) == 0).flatten()
+    labels[empty, torch.randint(0, num_classes, (len(empty),), generator=generator)] = 1.0
+    clean = 0.5 + torch.einsum("nk,kchw->nchw", labels, prototypes - 0.5)
+    images = clean + noise * torch.randn(clean.shape, generator=generator)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
