@@ -15,6 +15,7 @@ commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
   list [GROUP [OPTION]]    list every group's options, or show one option's config
+  data show [overrides]    write a PNG grid of augmented training samples with their class names
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
 """
@@ -87,6 +88,18 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
+def data(args: list[str]) -> int:
+    try:
+        from cnnlab.data.show import main as data_main
+
+        return data_main(args)
+    except Exception as error:
+        message = _user_error(error)
+        if message is None:
+            raise
+        return fail(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -97,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if command == "list":
         return list_options(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list (see cnnlab --help)")
+    if command == "data":
+        return data(rest)
+    return fail(f"unknown command {command!r}; choose one of: train, list, data (see cnnlab --help)")
 
 
 if __name__ == "__main__":
