@@ -377,3 +377,17 @@ def test_data_show_bad_input_exits_2(capsys, args: list[str], expected: str):
     assert main(["data", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+def test_train_streams_an_image_folder_end_to_end(tmp_path: Path):
+    import json
+
+    root = make_image_folder(tmp_path / "pets", per_class=10)
+    run = tmp_path / "run"
+    code = main(["train", "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=32",
+                 "dataset.source.cache=false", "model=mlp", "augmentation=[standard,color]", "batch_size=4",
+                 "trainer.max_epochs=1", "progress_bar=none", f"hydra.run.dir={run}"])
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["split_sizes"] == {"train": 13, "val": 1, "test": 6}
+    assert summary["steps"] == 4 and 0 <= summary["test"]["test/acc"] <= 1
