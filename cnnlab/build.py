@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnlab.config import instantiate, monitor_mode
-from cnnlab.data.augment import Augmentation
+from cnnlab.data.augment import build_augmentation
 from cnnlab.data.datamodule import ImageDataModule
 from cnnlab.losses import Objective
 from cnnlab.module import ClassifierModule
@@ -33,14 +33,14 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     dataset = cfg.dataset
-    transforms = [instantiate(t) for t in cfg.augmentation.get("transforms", [])]
     return ImageDataModule(
         source=instantiate(dataset.source, _partial_=True),
         channels=dataset.channels, image_size=dataset.image_size, num_classes=dataset.num_classes,
         class_names=dataset.get("class_names"), mean=dataset.get("mean"), std=dataset.get("std"),
         batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, test_fraction=dataset.get("test_fraction"),
         data_seed=cfg.seeds.data, shuffle=cfg.get("shuffle", True),
-        augmentation=Augmentation(transforms, seed=cfg.seeds.augment),
+        augmentation=build_augmentation(cfg.augmentation, seed=cfg.seeds.augment),
+        num_workers=cfg.num_workers,
     )
 
 

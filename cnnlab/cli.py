@@ -19,6 +19,8 @@ commands:
   list [GROUP [OPTION]]    list every group's options, or show one option's config
   lr-find [overrides]      learning-rate range test on the composed config; prints the lr to use
 
+  data show [overrides]    write a PNG grid of augmented training samples with their class names
+
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
 """
 
@@ -84,6 +86,17 @@ def _guarded(action) -> int:
         return fail(message)
     return 0
 
+def data(args: list[str]) -> int:
+    try:
+        from cnnlab.data.show import main as data_main
+
+        return data_main(args)
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise
+        return fail(message)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
@@ -97,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return list_options(rest)
     if command == "lr-find":
         return lr_find(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list, lr-find (see cnnlab --help)")
+    if command == "data":
+        return data(rest)
+    return fail(f"unknown command {command!r}; choose one of: train, list, lr-find, data (see cnnlab --help)")
 
 
 if __name__ == "__main__":

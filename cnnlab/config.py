@@ -76,12 +76,22 @@ def instantiate(node: Any, drop: tuple[str, ...] = (), **kwargs: Any) -> Any:
         return hydra_instantiate(container, **kwargs)
     except Exception as error:
         # Hydra wraps what the target raised; a user error inside must reach the user as itself.
-        cause: BaseException | None = error
-        while cause is not None:
-            if isinstance(cause, ConfigError):
-                raise cause from None
-            cause = cause.__cause__
+        found = config_error_in(error)
+        if found is not None:
+            raise found from None
         raise
+
+
+def config_error_in(error: BaseException) -> ConfigError | None:
+    """The ConfigError that Hydra or OmegaConf wrapped (a target's or a resolver's), else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConfigError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -117,8 +127,16 @@ def validate(cfg: Any) -> None:
     _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
     _check_run(cfg)
     _check_trainer(cfg.trainer)
+
+    try:  # derived by resolvers (an image tree's classes, a label set): their user errors reach the user as such
+        derived = {key: cfg.dataset.get(key) for key in ("channels", "num_classes", "image_size", "class_names")}
+    except Exception as error:
+        found = config_error_in(error)
+        if found is not None:
+            raise found from None
+        raise
     for key in ("channels", "num_classes", "image_size"):
-        value = cfg.dataset.get(key)
+        value = derived[key]
         low = 2 if key == "num_classes" else 1
         _check(isinstance(value, int) and value >= low, f"dataset.{key}", value, f"an integer >= {low}")
     from cnnlab.optim import check_config  # imports torch: only once a run is being validated

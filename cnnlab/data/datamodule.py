@@ -1,4 +1,9 @@
-"""ImageDataModule: in-memory uint8 tensors, seeded stratified splits, batched normalisation on the device."""
+"""ImageDataModule: seeded stratified splits, uint8 batches, batched normalisation and augmentation on the device.
+
+Datasets that fit in memory are one uint8 tensor sliced by InMemoryLoader (the fast path); image trees too large
+for that stream through StreamingLoader (DataLoader workers decoding files). Both yield the same batches in the
+same seeded order, and both hand uint8 to `on_after_batch_transfer`, where everything else happens batched.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,37 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from cnnlab.config import ConfigError
 from cnnlab.data.augment import Augmentation
+from cnnlab.data.folders import FileDataset, ImageFiles, check_batch, collate
 from cnnlab.data.sources import Arrays
 
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices (keep, held_out): `fraction` of each class held out, chosen by a seeded permutation."""
+    """Indices (keep, held_out): `fraction` of each class held out, chosen by a seeded permutation.
+
+    Per-class counts are rounded so that they add up to round(fraction * N) (largest remainder, ties broken by the
+    seed): a class too small to give up a whole image still contributes, so tiny sets keep a non-empty split.
+    """
     generator = torch.Generator().manual_seed(seed)
     if labels.ndim == 2:  # multi-label 0/1 rows have no single class to stratify by: a seeded random split
         order = torch.randperm(len(labels), generator=generator)
         count = int(round(len(labels) * fraction))
         return torch.sort(order[count:]).values, torch.sort(order[:count]).values
+    classes, sizes = torch.unique(labels, return_counts=True)
+    exact = sizes.double() * fraction
+    counts = exact.floor().long()
+    missing = int(round(len(labels) * fraction)) - int(counts.sum())
+    if missing > 0:
+        tie_break = torch.randperm(len(classes), generator=generator)
+        remainder = (exact - counts)[tie_break]
+        counts[tie_break[torch.argsort(remainder, descending=True, stable=True)[:missing]]] += 1
     keep, held = [], []
-    for cls in torch.unique(labels):
+    for cls, count in zip(classes, counts.tolist()):
         members = torch.nonzero(labels == cls).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        count = int(round(len(members) * fraction))
         held.append(members[:count])
         keep.append(members[count:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
@@ -41,7 +60,8 @@ def fit_images(images: Tensor, channels: int, size: int) -> Tensor:
             images = (images.float() * weights[None, :, None, None]).sum(1, keepdim=True) / weights.sum()
             images = images.round().clamp(0, 255).to(torch.uint8)
         else:
-            raise ValueError(f"cannot convert {images.shape[1]} channels to {channels}")
+            raise ConfigError("dataset.channels", channels,
+                              f"1 or {images.shape[1]}: the images have {images.shape[1]} channels")
     if images.shape[-2:] != (size, size):
         out = []
         for chunk in images.split(4096):
@@ -50,6 +70,14 @@ def fit_images(images: Tensor, channels: int, size: int) -> Tensor:
             out.append(resized.round().clamp(0, 255).to(torch.uint8))
         images = torch.cat(out)
     return images.contiguous()
+
+
+def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
+    """The sample order of one epoch: the same for the same seed and epoch, whatever else differs."""
+    if not shuffle:
+        return torch.arange(count)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator)
 
 
 class InMemoryLoader:
@@ -73,10 +101,7 @@ class InMemoryLoader:
 
     def order(self, epoch: int) -> Tensor:
         """The sample order of one epoch: the same for the same seed and epoch, whatever else differs."""
-        if not self.shuffle:
-            return torch.arange(len(self.labels))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.labels), generator=generator)
+        return epoch_order(len(self.labels), self.shuffle, self.seed, epoch)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # A generator: nothing is read (and the epoch does not advance) until the first batch is drawn.
@@ -99,13 +124,48 @@ class InMemoryLoader:
         self.epoch, self.start, self.position = epoch, done, (epoch, done)
 
 
+class _EpochBatches:
+    """Batch sampler giving InMemoryLoader's seeded per-epoch order, so streamed and in-memory batches match."""
+
+    def __init__(self, count: int, batch_size: int, shuffle: bool, seed: int):
+        self.count, self.batch_size, self.shuffle, self.seed = count, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.count / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_order(self.count, self.shuffle, self.seed, self.epoch)
+        self.epoch += 1
+        yield from (chunk.tolist() for chunk in order.split(self.batch_size))
+
+
+class StreamingLoader:
+    """Batches of (uint8 images, labels) decoded from files by DataLoader workers, in InMemoryLoader's order."""
+
+    def __init__(self, files: ImageFiles, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 num_workers: int = 0):
+        self.batches = _EpochBatches(len(labels), batch_size, shuffle, seed)
+        self.loader = DataLoader(FileDataset(files, labels), batch_sampler=self.batches, num_workers=num_workers,
+                                 collate_fn=collate, persistent_workers=num_workers > 0,
+                                 pin_memory=torch.cuda.is_available())
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for batch in self.loader:
+            yield check_batch(batch)
+
+
 class ImageDataModule(pl.LightningDataModule):
-    """Train/val/test splits of one dataset, held in memory as uint8 and normalised batch-wise on device."""
+    """Train/val/test splits of one dataset as uint8, normalised (and, for training, augmented) batch-wise on device."""
 
     def __init__(self, source: Callable[[], Arrays], *, channels: int, image_size: int, num_classes: int,
                  class_names: Sequence[str] | None, mean: Sequence[float] | None, std: Sequence[float] | None,
                  batch_size: int, val_fraction: float, test_fraction: float | None = None,
-                 data_seed: int = 0, shuffle: bool = True, augmentation: Augmentation | None = None):
+                 data_seed: int = 0, shuffle: bool = True, augmentation: Augmentation | None = None,
+                 num_workers: int = 0, stats_samples: int = 2000):
         super().__init__()
         self.source = source
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
@@ -113,26 +173,33 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean_cfg, self.std_cfg = mean, std
         self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
         self.data_seed, self.shuffle = data_seed, shuffle
+        self.num_workers, self.stats_samples = num_workers, stats_samples
         self.augmentation = augmentation or Augmentation([], seed=0)
-        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.splits: dict[str, tuple[Tensor | ImageFiles, Tensor]] = {}
         self.mean = self.std = None
 
     # ------------------------------------------------------------ loading and splitting
+    def _fit(self, images: Tensor | ImageFiles) -> Tensor | ImageFiles:
+        return images if isinstance(images, ImageFiles) else fit_images(images, self.channels, self.image_size)
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         arrays = self.source()
-        train_x = fit_images(arrays.train_images, self.channels, self.image_size)
-        train_y = arrays.train_labels
+        train_x, train_y = self._fit(arrays.train_images), arrays.train_labels
         if arrays.test_images is None:
             fraction = self.test_fraction if self.test_fraction is not None else 0.3
             keep, held = stratified_split(train_y, fraction, self.data_seed + 1)
             test_x, test_y = train_x[held], train_y[held]
             train_x, train_y = train_x[keep], train_y[keep]
         else:
-            test_x = fit_images(arrays.test_images, self.channels, self.image_size)
-            test_y = arrays.test_labels
+            test_x, test_y = self._fit(arrays.test_images), arrays.test_labels
+        self._check_labels(torch.cat([train_y, test_y]))
         keep, held = stratified_split(train_y, self.val_fraction, self.data_seed)
+        if len(held) == 0 or len(keep) == 0:
+            raise ConfigError("val_fraction", self.val_fraction, message=(
+                f"val_fraction={self.val_fraction} leaves an empty split of {len(train_y)} training images "
+                f"in {self.num_classes} classes: raise or lower it"))
         self.splits = {
             "train": (train_x[keep], train_y[keep]),
             "val": (train_x[held], train_y[held]),
@@ -140,15 +207,25 @@ class ImageDataModule(pl.LightningDataModule):
         }
         self._set_statistics(self.splits["train"][0])
 
-    def _set_statistics(self, train_images: Tensor) -> None:
-        if self.mean_cfg is None or self.std_cfg is None:
+    def _check_labels(self, labels: Tensor) -> None:
+        lowest, highest = int(labels.min()), int(labels.max())
+        if lowest < 0 or highest >= self.num_classes:
+            raise ConfigError("dataset.num_classes", self.num_classes, message=(
+                f"dataset.num_classes={self.num_classes} does not fit the data: its labels run from {lowest} to "
+                f"{highest}, expected 0..{self.num_classes - 1}"))
+
+    def _set_statistics(self, train_images: Tensor | ImageFiles) -> None:
+        configured = self.mean_cfg is not None and self.std_cfg is not None
+        if configured and len(self.mean_cfg) in (1, self.channels) and len(self.std_cfg) in (1, self.channels):
+            mean = torch.tensor(self.mean_cfg, dtype=torch.float32).expand(self.channels).clone()
+            std = torch.tensor(self.std_cfg, dtype=torch.float32).expand(self.channels).clone()
+        else:  # not given, or given for another channel count: measure them on the training split
+            if isinstance(train_images, ImageFiles):  # a seeded sample is enough for large trees on disk
+                count = min(len(train_images), self.stats_samples)
+                sample = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(self.data_seed))
+                train_images = train_images[sample[:count].sort().values].decode(self.num_workers)
             values = train_images.float().div_(255).transpose(0, 1).reshape(self.channels, -1)
             mean, std = values.mean(1), values.std(1).clamp_min(1e-6)
-        else:
-            mean, std = torch.tensor(self.mean_cfg, dtype=torch.float32), torch.tensor(self.std_cfg,
-                                                                                        dtype=torch.float32)
-            if mean.numel() == 1 and self.channels > 1:
-                mean, std = mean.repeat(self.channels), std.repeat(self.channels)
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
     def train_labels(self) -> Tensor:
@@ -159,17 +236,20 @@ class ImageDataModule(pl.LightningDataModule):
         return {name: len(labels) for name, (_, labels) in self.splits.items()}
 
     # ------------------------------------------------------------ loaders
-    def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
+    def _loader(self, split: str, shuffle: bool) -> InMemoryLoader | StreamingLoader:
         images, labels = self.splits[split]
+        if isinstance(images, ImageFiles):
+            return StreamingLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
+                                   num_workers=self.num_workers)
         return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed)
 
-    def train_dataloader(self) -> InMemoryLoader:
+    def train_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("train", shuffle=self.shuffle)
 
-    def val_dataloader(self) -> InMemoryLoader:
+    def val_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> InMemoryLoader:
+    def test_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("test", shuffle=False)
 
     # ------------------------------------------------------------ resumable state (saved in checkpoints)
@@ -180,14 +260,23 @@ class ImageDataModule(pl.LightningDataModule):
         self.augmentation.load_state_dict(state["augmentation"])
 
     # ------------------------------------------------------------ on-device transforms
+    def augment(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Training only: per-image transforms on float [0, 1] images, then batch mixing (soft (B, C) targets)."""
+        return self.augmentation.mix(self.augmentation(images), labels, self.num_classes)
+
+    def standardize(self, images: Tensor) -> Tensor:
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+
     def normalize(self, images: Tensor, augment: bool = False) -> Tensor:
         """uint8 (B, C, H, W) -> float in [0, 1] -> augmented (training only) -> standardised, on its device."""
         images = images.float().div_(255)
         if augment:
             images = self.augmentation(images)
-        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+        return self.standardize(images)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.normalize(images, augment=training), labels
+        images = images.float().div_(255)
+        if self.trainer is not None and self.trainer.training:
+            images, labels = self.augment(images, labels)
+        return self.standardize(images), labels

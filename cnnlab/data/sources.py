@@ -1,28 +1,41 @@
-"""Find and read each dataset into uint8 image tensors (N, C, H, W) and int64 labels; nothing else reads files."""
+"""Find and read each dataset into uint8 image tensors (N, C, H, W) and int64 labels; nothing else reads files.
+
+Every file-backed dataset looks in the same order: `data_dir` (torchvision's layout or a plain folder named after
+the dataset), then system folders (Debian's dataset packages), then torchvision's download into `data_dir`.
+Found nowhere: DatasetNotFound, one line naming every place looked and how to get the files.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
+import pickle
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from cnnlab.config import ConfigError
 
+Found = TypeVar("Found")
+
 
 @dataclass
 class Arrays:
-    """A dataset's images as uint8 (N, C, H, W) and labels as int64 (N,) or, multi-label, float 0/1 (N, classes).
+    """A dataset's images and labels; `test_*` is None without an official test split.
 
-    `test_*` is None without an official test split.
+    Labels are int64 (N,) or, multi-label, float 0/1 (N, classes).
+
+    Images are uint8 (N, C, H, W) tensors, or `ImageFiles` (cnnlab.data.folders) for sets decoded on demand.
     """
 
-    train_images: torch.Tensor
+    train_images: Any
     train_labels: torch.Tensor
-    test_images: torch.Tensor | None = None
+    test_images: Any = None
     test_labels: torch.Tensor | None = None
 
 
@@ -34,6 +47,45 @@ class DatasetNotFound(ConfigError):
             "dataset", name,
             message=f"dataset {name!r} not found: looked in {', '.join(looked)}; {how}",
         )
+
+
+def _expand(data_dir: str | os.PathLike) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
+
+
+def _try_download(fetch: Callable[[], object]) -> str | None:
+    """Run a torchvision download; None on success, else a short note on why it failed."""
+    if os.environ.get("CNNLAB_OFFLINE", "").strip() not in ("", "0"):
+        return "download skipped (CNNLAB_OFFLINE is set)"
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # a firewall that drops packets must not hang the run forever
+    try:
+        fetch()
+    except Exception as error:  # no network, blocked mirror, read-only folder, checksum mismatch
+        return f"download ({type(error).__name__})"
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
+def locate(name: str, folders: Sequence[Path], match: Callable[[Path], Found | None],
+           fetch: Callable[[], object] | None, fetched: Sequence[Path], how: str) -> Found:
+    """The first folder where `match` finds the files; else download and look in `fetched`; else DatasetNotFound."""
+    for folder in folders:
+        found = match(folder)
+        if found is not None:
+            return found
+    looked = [str(f) for f in dict.fromkeys(folders)]
+    if fetch is not None:
+        failure = _try_download(fetch)
+        if failure is None:
+            for folder in fetched:
+                found = match(folder)
+                if found is not None:
+                    return found
+            failure = "download (files missing afterwards)"
+        looked.append(failure)
+    raise DatasetNotFound(name, looked, how)
 
 
 # ---------------------------------------------------------------- IDX (MNIST family)
@@ -57,75 +109,231 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(dims)
 
 
-_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+def _idx_stems(prefix: str = "") -> dict[str, str]:
+    return {
+        "train_images": f"{prefix}train-images-idx3-ubyte",
+        "train_labels": f"{prefix}train-labels-idx1-ubyte",
+        "test_images": f"{prefix}{'test' if prefix else 't10k'}-images-idx3-ubyte",
+        "test_labels": f"{prefix}{'test' if prefix else 't10k'}-labels-idx1-ubyte",
+    }
 
 
-def _find_idx_set(folder: Path) -> dict[str, Path] | None:
-    found = {}
-    for key, stem in _MNIST_FILES.items():
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            return None
-    return found
+def _idx_match(stems: dict[str, str]) -> Callable[[Path], Arrays | None]:
+    def match(folder: Path) -> Arrays | None:
+        found = {}
+        for key, stem in stems.items():
+            candidate = next((c for c in (folder / stem, folder / f"{stem}.gz") if c.is_file()), None)
+            if candidate is None:
+                return None
+            found[key] = candidate
+        images = {k: torch.from_numpy(read_idx(found[k]).copy()).unsqueeze(1) for k in ("train_images", "test_images")}
+        labels = {k: torch.from_numpy(read_idx(found[k]).astype(np.int64)) for k in ("train_labels", "test_labels")}
+        return Arrays(images["train_images"], labels["train_labels"], images["test_images"], labels["test_labels"])
+
+    return match
 
 
-def _idx_arrays(files: dict[str, Path]) -> Arrays:
-    def images(path: Path) -> torch.Tensor:
-        return torch.from_numpy(read_idx(path).copy()).unsqueeze(1)  # (N, 1, H, W)
-
-    def labels(path: Path) -> torch.Tensor:
-        return torch.from_numpy(read_idx(path).astype(np.int64))
-
-    return Arrays(images(files["train_images"]), labels(files["train_labels"]),
-                  images(files["test_images"]), labels(files["test_labels"]))
-
-
-def _expand(data_dir: str | os.PathLike) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
-
-
-def mnist_family(name: str, torchvision_class: str, data_dir: str, system_dirs: tuple[str, ...] = (),
-                 download: bool = True, how: str = "") -> Arrays:
-    """Look in data_dir (torchvision's layout or plain files), then system folders, then download."""
+def mnist_family(name: str, torchvision_class: str, data_dir: str, system_dirs: Sequence[str] = (),
+                 download: bool = True, how: str = "", prefix: str = "", **torchvision_kwargs: Any) -> Arrays:
+    """IDX files in data_dir (torchvision's layout or plain files), then system folders, then a download."""
     root = _expand(data_dir)
-    candidates = [root / torchvision_class / "raw", root / name, root / name.replace("_", "-"), root]
-    candidates += [Path(d) for d in system_dirs]
-    for folder in candidates:
-        files = _find_idx_set(folder)
-        if files:
-            return _idx_arrays(files)
-    looked = [str(c) for c in dict.fromkeys(candidates)]
-    if download:
-        try:
-            import torchvision.datasets as tvd
+    raw = root / torchvision_class / "raw"
+    folders = [raw, root / name, root / name.replace("_", "-"), root, *(Path(d) for d in system_dirs)]
 
-            getattr(tvd, torchvision_class)(root=str(root), train=True, download=True)
-            getattr(tvd, torchvision_class)(root=str(root), train=False, download=True)
-        except Exception as error:  # no network, blocked mirror, read-only folder
-            looked.append(f"download ({type(error).__name__})")
-        else:
-            files = _find_idx_set(root / torchvision_class / "raw")
-            if files:
-                return _idx_arrays(files)
-    raise DatasetNotFound(name, looked, how or f"put the IDX files in {root / name} or go online")
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        for train in (True, False):
+            getattr(tvd, torchvision_class)(root=str(root), train=train, download=True, **torchvision_kwargs)
+
+    return locate(name, folders, _idx_match(_idx_stems(prefix)), fetch if download else None, [raw],
+                  how or f"put the four IDX files in {root / name} or run once with internet access")
 
 
-def fashion_mnist(data_dir: str, system_dirs: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",),
+def mnist(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/mnist",), download: bool = True) -> Arrays:
+    """MNIST handwritten digits."""
+    return mnist_family("mnist", "MNIST", data_dir, system_dirs, download)
+
+
+def fashion_mnist(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/fashion-mnist",),
                   download: bool = True) -> Arrays:
     """Fashion-MNIST from data_dir, Debian's dataset-fashion-mnist package, or a download."""
     return mnist_family(
-        "fashion_mnist", "FashionMNIST", data_dir, tuple(system_dirs), download,
+        "fashion_mnist", "FashionMNIST", data_dir, system_dirs, download,
         how=("install Debian's package (apt-get install dataset-fashion-mnist), put the four "
              f"*-ubyte.gz files in {_expand(data_dir) / 'fashion_mnist'}, or run once with internet access"),
     )
+
+
+def kmnist(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/kmnist",),
+           download: bool = True) -> Arrays:
+    """Kuzushiji-MNIST: ten cursive hiragana characters."""
+    return mnist_family("kmnist", "KMNIST", data_dir, system_dirs, download)
+
+
+EMNIST_SPLITS = ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
+
+
+def emnist(split: str, data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/emnist",),
+           download: bool = True) -> Arrays:
+    """EMNIST (one split); images turned upright (the files store them transposed), `letters` labels from 0."""
+    if split not in EMNIST_SPLITS:
+        raise ConfigError("dataset.split", split, "one of " + ", ".join(EMNIST_SPLITS))
+    root = _expand(data_dir)
+    raw = root / "EMNIST" / "raw"
+    folders = [raw, root / "emnist", root / "emnist" / "gzip", root, *(Path(d) for d in system_dirs)]
+
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        tvd.EMNIST(root=str(root), split=split, train=True, download=True)
+
+    arrays = locate("emnist", folders, _idx_match(_idx_stems(f"emnist-{split}-")), fetch if download else None,
+                    [raw], f"unpack EMNIST's gzip.zip (the emnist-{split}-*-ubyte.gz files) into "
+                           f"{root / 'emnist'} or run once with internet access (a 535 MB download)")
+    arrays.train_images = arrays.train_images.transpose(-1, -2).contiguous()
+    arrays.test_images = arrays.test_images.transpose(-1, -2).contiguous()
+    if split == "letters":  # the files number the 26 letters 1..26
+        arrays.train_labels, arrays.test_labels = arrays.train_labels - 1, arrays.test_labels - 1
+    return arrays
+
+
+# ---------------------------------------------------------------- CIFAR (python pickles)
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays only: a dataset file must not be able to run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+        if module == "numpy.core.multiarray":  # pickles written by numpy 1.x
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One CIFAR python batch: a dict with `data` (N, 3072) uint8 and label lists, keys as str."""
+    try:
+        with path.open("rb") as handle:
+            data = _ArrayUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise ConfigError("dataset", str(path), message=f"{path} is not a CIFAR python batch ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("dataset", str(path), message=f"{path} is not a CIFAR python batch (not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+def _cifar_match(base: str, train_files: Sequence[str], test_file: str,
+                 label_key: str) -> Callable[[Path], Arrays | None]:
+    def read(folder: Path, files: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = [read_cifar_pickle(folder / f) for f in files]
+        try:
+            images = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+            labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+        except (KeyError, ValueError) as error:
+            raise ConfigError("dataset", str(folder),
+                              message=f"{folder} holds CIFAR batches without {error} as expected") from None
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    def match(folder: Path) -> Arrays | None:
+        for candidate in (folder / base, folder):
+            if all((candidate / f).is_file() for f in (*train_files, test_file)):
+                return Arrays(*read(candidate, train_files), *read(candidate, [test_file]))
+        return None
+
+    return match
+
+
+def _cifar(name: str, torchvision_class: str, base: str, train_files: Sequence[str], test_file: str, label_key: str,
+           data_dir: str, system_dirs: Sequence[str], download: bool, archive: str) -> Arrays:
+    root = _expand(data_dir)
+    folders = [root / base, root / name, *(Path(d) for d in system_dirs)]
+
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, torchvision_class)(root=str(root), train=True, download=True)
+
+    return locate(name, folders, _cifar_match(base, train_files, test_file, label_key), fetch if download else None,
+                  [root / base], f"download {archive} (https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it "
+                                 f"into {root}, or run once with internet access")
+
+
+def cifar10(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/cifar10",),
+            download: bool = True) -> Arrays:
+    """CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes (the python pickles)."""
+    return _cifar("cifar10", "CIFAR10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                  "labels", data_dir, system_dirs, download, "cifar-10-python.tar.gz")
+
+
+CIFAR100_LABELS = ("fine", "coarse")
+
+
+def cifar100(labels: str, data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/cifar100",),
+             download: bool = True) -> Arrays:
+    """CIFAR-100 with its 100 fine or 20 coarse (superclass) labels."""
+    if labels not in CIFAR100_LABELS:
+        raise ConfigError("dataset.labels", labels, "one of " + ", ".join(CIFAR100_LABELS))
+    return _cifar("cifar100", "CIFAR100", "cifar-100-python", ["train"], "test", f"{labels}_labels",
+                  data_dir, system_dirs, download, "cifar-100-python.tar.gz")
+
+
+# ---------------------------------------------------------------- SVHN (.mat)
+
+def read_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SVHN cropped-digits .mat file: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 means digit 0."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+        images, labels = np.asarray(mat["X"], dtype=np.uint8), np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    except (KeyError, ValueError, TypeError, OSError, NotImplementedError) as error:
+        raise ConfigError("dataset", str(path), message=f"{path} is not an SVHN .mat file ({error})") from None
+    if images.ndim != 4 or images.shape[3] != len(labels):
+        raise ConfigError("dataset", str(path), message=f"{path}: X and y sizes do not match")
+    labels[labels == 10] = 0
+    return torch.from_numpy(images.transpose(3, 2, 0, 1).copy()), torch.from_numpy(labels)
+
+
+def svhn(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/svhn",), download: bool = True,
+         extra: bool = False) -> Arrays:
+    """SVHN house-number digits (cropped 32x32 format); `extra` adds the 531,131 easier training images."""
+    root = _expand(data_dir)
+    files = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
+    folders = [root / "svhn", root, *(Path(d) for d in system_dirs)]
+
+    def match(folder: Path) -> Arrays | None:
+        if not all((folder / f).is_file() for f in files):
+            return None
+        train_images, train_labels = read_svhn_mat(folder / "train_32x32.mat")
+        if extra:
+            extra_images, extra_labels = read_svhn_mat(folder / "extra_32x32.mat")
+            train_images = torch.cat([train_images, extra_images])
+            train_labels = torch.cat([train_labels, extra_labels])
+        return Arrays(train_images, train_labels, *read_svhn_mat(folder / "test_32x32.mat"))
+
+    def fetch() -> None:
+        import torchvision.datasets as tvd
+
+        for split in ("train", "test", "extra")[: len(files)]:
+            tvd.SVHN(root=str(root / "svhn"), split=split, download=True)
+
+    return locate("svhn", folders, match, fetch if download else None, [root / "svhn"],
+                  f"download {', '.join(files)} (http://ufldl.stanford.edu/housenumbers/) into {root / 'svhn'}, "
+                  "or run once with internet access")
+
+
+# ---------------------------------------------------------------- folders of images
+
+def imagefolder(root: str, channels: int, image_size: int, cache: bool | str = "auto", cache_max_mb: float = 2048,
+                num_workers: int = 0) -> Arrays:
+    """A folder-per-class image tree: decoded into memory when it fits, else streamed (cnnlab.data.folders)."""
+    from cnnlab.data.folders import scan
+
+    return scan(root, channels, image_size, cache, cache_max_mb, num_workers)
 
 
 # ---------------------------------------------------------------- offline sets
