@@ -31,7 +31,8 @@ def test_list_shows_one_option():
 
 
 BAD_INPUT = [
-    (["model=nope"], "model=nope: no such option; choose one of: lenet, lenet5, mlp"),
+    (["model=nope"], "model=nope: no such option; choose one of: "
+                     + ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))),
     (["optimizer.lr=-1"], "optimizer.lr=-1"),
     (["optimizer.lr=0"], "optimizer.lr=0"),
     (["batch_size=0"], "batch_size=0"),
@@ -43,6 +44,7 @@ BAD_INPUT = [
     (["no_such_key=1"], "unknown key 'no_such_key'"),
     (["model.activation=swishy"], "model.activation='swishy'"),
     (["dataset.image_size=8", "model=lenet5"], "needs images of at least"),
+    (["dataset.image_size=8", "model=vgg11"], "model vgg11 needs images of at least 16x16 pixels, got 8x8"),
 ]
 
 
