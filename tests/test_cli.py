@@ -37,7 +37,8 @@ def test_list_shows_one_option():
 # Left to the helpers who build them: a loss that cannot serve the task (multi_margin on multi-label data), an
 # imagefolder with one class or an empty class, a file given to predict that is not an image.
 BAD_INPUT = [
-    (["model=nope"], "model=nope: no such option; choose one of: lenet, lenet5, mlp"),
+    (["model=nope"], "model=nope: no such option; choose one of: "
+                     + ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))),
     (["no_such_key=1"], "unknown key 'no_such_key'"),
     (["batch_size=abc"], "batch_size='abc'"),
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
@@ -75,6 +76,7 @@ BAD_INPUT = [
     (["ckpt_path={tmp}/corrupt.ckpt"], "cannot load checkpoint {tmp}/corrupt.ckpt: not a safe cnnlab checkpoint"),
     (["ckpt_path={tmp}/foreign.ckpt"], "{tmp}/foreign.ckpt is not a cnnlab checkpoint"),
     (["ckpt_path={tmp}/other_config.ckpt"], "batch_size=64 differs from the 32 that {tmp}/other_config.ckpt was"),
+    (["dataset.image_size=8", "model=vgg11"], "model vgg11 needs images of at least 16x16 pixels, got 8x8"),
 ]
 
 

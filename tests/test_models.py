@@ -1,13 +1,20 @@
-"""Models: exact parameter counts, knobs, and a clear error for images too small for a network."""
+"""Models: exact parameter counts, a training step for every catalogue model, knobs, too-small images."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.config import ConfigError
-from cnnlab.models.classic import MLP, KerasLeNet, LeNet5
+from cnnlab.build import build_model
+from cnnlab.config import CONF_DIR, ConfigError
+from cnnlab.models.classic import MLP, KerasLeNet, LeNet5, SimpleCNN
+from cnnlab.models.summary import summarize
+
+CATALOGUE = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def count(model: nn.Module) -> int:
@@ -18,10 +25,14 @@ def test_parameter_counts_match_the_teaching_material():
     assert count(KerasLeNet(1, 10, 28)) == 431_080
     assert count(LeNet5(1, 10, 32)) == 61_706
     assert count(LeNet5(1, 10, 28)) == 61_706  # MNIST-sized input is padded in C1, not re-shaped
-    assert count(MLP(1, 10, 28)) == 784 * 400 + 400 + 400 * 256 + 256 + 256 * 10 + 10
+    assert count(MLP(1, 10, 28)) == 784 * 400 + 400 + 400 * 256 + 256 + 256 * 10 + 10 == 419_226
+    assert count(MLP(1, 10, 28, hidden=[32])) == 784 * 32 + 32 + 32 * 10 + 10
+    # cats vs dogs on 64x64x3: 896 + 9,248 + 802,944 (14*14*32 -> 128) + the output layer
+    assert count(SimpleCNN(3, 2, 64)) == 813_346
+    assert count(SimpleCNN(3, 1, 64)) == 813_217  # the Keras original's single sigmoid unit
 
 
-@pytest.mark.parametrize("cls", [KerasLeNet, LeNet5, MLP])
+@pytest.mark.parametrize("cls", [KerasLeNet, LeNet5, MLP, SimpleCNN])
 def test_forward_gives_one_logit_per_class(cls):
     model = cls(in_channels=3, num_classes=7, image_size=32)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
@@ -33,6 +44,8 @@ def test_too_small_image_names_the_smallest_size():
     with pytest.raises(ConfigError, match=r"model lenet needs images of at least 16x16 pixels, got 15x15"):
         KerasLeNet(1, 10, image_size=15)
     assert KerasLeNet(1, 10, image_size=16)(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"model simple_cnn needs images of at least 10x10 pixels, got 9x9"):
+        SimpleCNN(3, 2, image_size=9)
 
 
 def test_knobs_change_the_module():
@@ -43,6 +56,10 @@ def test_knobs_change_the_module():
     assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in tanh.modules())
     assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in tanh.modules())
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout)) for m in SimpleCNN().modules())
+    elu = SimpleCNN(activation="elu", batch_norm=True)
+    assert sum(isinstance(m, nn.ELU) for m in elu.modules()) == 3
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in elu.modules()) == 2
 
 
 def test_init_schemes_set_the_weight_statistics():
@@ -58,3 +75,30 @@ def test_init_schemes_set_the_weight_statistics():
 def test_unknown_activation_is_a_config_error():
     with pytest.raises(ConfigError, match="model.activation='swish'"):
         MLP(activation="swish")
+
+
+def model_config(name: str, channels: int, size: int, classes: int = 5) -> DictConfig:
+    """The composed run config for `model=name` on synthetic images of the given shape."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"model={name}", "dataset=synthetic", f"dataset.channels={channels}",
+                                           f"dataset.image_size={size}", f"dataset.num_classes={classes}"])
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)], ids=["28x28x1", "32x32x3"])
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_every_catalogue_model_takes_a_training_step(name: str, channels: int, size: int):
+    model = build_model(model_config(name, channels, size))
+    rows, total, trainable = summarize(model, (channels, size, size))
+    assert total == trainable == count(model) and len(rows) >= 3
+    first = next(model.parameters())
+    before = first.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    images = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    logits = model(images)
+    assert logits.shape == (2, 5)
+    loss = F.cross_entropy(logits, torch.tensor([0, 3]))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(first.detach(), before), "the first layer's weights did not move"

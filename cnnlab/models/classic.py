@@ -1,4 +1,4 @@
-"""The networks of the teaching material: Keras-book LeNet, classic LeNet-5, and an MLP."""
+"""The networks of the teaching material: Keras-book LeNet, classic LeNet-5, the cats-vs-dogs CNN and an MLP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.config import ConfigError
-from cnnlab.models import knobs
+from cnnlab.models import knobs, sizing
 
 
 class ImageClassifier(nn.Module):
@@ -22,29 +22,13 @@ class ImageClassifier(nn.Module):
 
     def feature_size(self, features: nn.Module) -> int:
         """Number of features `features` produces for one image; a clear error if the image is too small."""
-        try:
-            with torch.no_grad():
-                out = features(torch.zeros(1, self.in_channels, self.image_size, self.image_size))
-        except RuntimeError:
-            out = None
-        if out is None or out.numel() == 0:
-            smallest = self.smallest_input(features)
-            raise ConfigError(
-                "dataset.image_size", self.image_size,
-                message=(f"model {self.name} needs images of at least {smallest}x{smallest} pixels, "
-                         f"got {self.image_size}x{self.image_size}: set dataset.image_size={smallest} or larger"),
-            )
+        out = sizing.probe(features, self.in_channels, self.image_size)
+        if out is None:
+            raise sizing.too_small(self.name, self.image_size, self.smallest_input(features))
         return out.numel()
 
     def smallest_input(self, features: nn.Module) -> int:
-        for size in range(1, 513):
-            try:
-                with torch.no_grad():
-                    if features(torch.zeros(1, self.in_channels, size, size)).numel() > 0:
-                        return size
-            except RuntimeError:
-                continue
-        return 513
+        return sizing.smallest_size(features, self.in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -121,4 +105,26 @@ class MLP(ImageClassifier):
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += knobs.dense_block(fan_in, fan_out, activation, batch_norm, dropout)
         self.classifier = nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes))
+        knobs.initialize(self, init, activation)
+
+
+class SimpleCNN(ImageClassifier):
+    """The cats-vs-dogs network: conv 32@3x3, maxpool 2/2, conv 32@3x3, maxpool 2/2, dense 128, output (64x64x3)."""
+
+    name = "simple_cnn"
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, image_size: int = 64, activation: str = "relu",
+                 dropout: float = 0.0, batch_norm: bool = False, init: str = "default"):
+        super().__init__(in_channels, image_size)
+        knobs.check_dropout(dropout)
+        self.features = nn.Sequential(
+            *knobs.conv_block(in_channels, 32, 3, activation, batch_norm),
+            nn.MaxPool2d(2, 2),
+            *knobs.conv_block(32, 32, 3, activation, batch_norm),
+            nn.MaxPool2d(2, 2),
+        )
+        self.classifier = nn.Sequential(
+            *knobs.dense_block(self.feature_size(self.features), 128, activation, batch_norm, dropout),
+            nn.Linear(128, num_classes),
+        )
         knobs.initialize(self, init, activation)
