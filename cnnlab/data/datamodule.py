@@ -128,6 +128,18 @@ class ImageDataModule(pl.LightningDataModule):
                 mean, std = mean.repeat(self.channels), std.repeat(self.channels)
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
 
+    # ------------------------------------------------------------ state saved in checkpoints (Lightning's hooks)
+    def state_dict(self) -> dict[str, Any]:
+        """The normalisation statistics as plain floats, so predict needs no training data to reproduce them."""
+        if self.mean is None or self.std is None:
+            return {}
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mean") is not None and state_dict.get("std") is not None:
+            self.mean = torch.tensor(state_dict["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+            self.std = torch.tensor(state_dict["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
     def split_sizes(self) -> dict[str, int]:
         return {name: len(labels) for name, (_, labels) in self.splits.items()}
 
