@@ -5,6 +5,8 @@ Heavy imports (torch, Lightning) happen inside the subcommands so that `--help` 
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import re
 import sys
@@ -14,9 +16,13 @@ USAGE = """usage: cnnlab COMMAND [ARGS]
 commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
+  eval RUN_OR_CKPT [k=v]   test metrics of a trained run (split=val for validation; data_dir=... etc.)
+  predict RUN_OR_CKPT IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
+                           class names and probabilities for image files
   list [GROUP [OPTION]]    list every group's options, or show one option's config
 
-`cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
+`cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
+`cnnlab eval --help` and `cnnlab predict --help` list their options.
 """
 
 
@@ -87,17 +93,44 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse for the non-Hydra subcommands: a usage mistake is one line and exit 2, like every other one."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from cnnlab.config import ConfigError
+
+        raise ConfigError("arguments", message=f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def subcommand(module: str, args: list[str]) -> int:
+    """Run `cnnlab.<module>.main(args)`, turning user errors into one line and exit code 2."""
+    from cnnlab.config import ConfigError
+
+    try:
+        return importlib.import_module(module).main(args)
+    except ConfigError as error:
+        return fail(str(error))
+    except SystemExit as exit_:  # argparse's --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+
+
+COMMANDS = {
+    "train": train,
+    "eval": lambda args: subcommand("cnnlab.evaluate", args),
+    "predict": lambda args: subcommand("cnnlab.predict", args),
+    "list": list_options,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
     command, rest = args[0], args[1:]
-    if command == "train":
-        return train(rest)
-    if command == "list":
-        return list_options(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list (see cnnlab --help)")
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
+    return fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cnnlab --help)")
 
 
 if __name__ == "__main__":

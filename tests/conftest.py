@@ -69,3 +69,18 @@ def cnnlab(*args: str, cwd: Path | None = None, env: dict | None = None,
 
 
 QUICK = ["progress_bar=none", "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short `cnnlab train` on synthetic data (in-process), shared by the eval, predict and checkpoint tests.
+
+    A scheduler and early stopping put their state into the checkpoints too, so loading them is tested whole.
+    """
+    from cnnlab.cli import main
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    code = main(["train", "dataset=synthetic", "progress_bar=none", "trainer.max_epochs=1", "scheduler=exp_decay",
+                 "early_stopping.enabled=true", f"hydra.run.dir={run}"])
+    assert code == 0
+    return run
