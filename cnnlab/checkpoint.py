@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,32 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("checkpoint", str(path), message=f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = f"cannot load checkpoint {path}: not a safe cnnlab checkpoint ({reason[:200]})"
-        raise ConfigError("checkpoint", str(path), message=message) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "cnnlab" not in checkpoint:
-        raise ConfigError("checkpoint", str(path),
-                          message=f"{path} is not a cnnlab checkpoint (no model weights and run config inside)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols say nothing to the user
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError("checkpoint", str(path), message=_refused(path, str(error))) from None
+    except OSError as error:
+        reason = error.strerror or error
+        raise ConfigError("checkpoint", str(path), message=f"cannot read checkpoint {path}: {reason}") from None
+    except Exception as error:  # zip errors, EOF, a text file: torch raises many kinds
+        reason = " ".join(str(error).split()).split(". ")[0][:120]
+        detail = f" ({reason})" if len(reason) > 3 else ""
+        raise ConfigError("checkpoint", str(path), message=(
+            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint{detail}"
+        )) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError("checkpoint", str(path), message=(
+            f"{path} is not a cnnlab checkpoint: it holds no model weights (state_dict)"))
+    if not isinstance(checkpoint.get("cnnlab"), dict) or not isinstance(checkpoint["cnnlab"].get("config"), dict):
+        raise ConfigError("checkpoint", str(path), message=(
+            f"{path} is not a cnnlab checkpoint: it holds no run config (written by another program?)"))
     return checkpoint
+
+
+def _refused(path: Path, reason: str) -> str:
+    """The message for a file whose unpickling would need more than tensors and plain data."""
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
+    what = (f"it holds pickled Python objects ({found.group(1)}) that weights-only loading will not run" if found
+            else "its pickle needs more than the tensors and plain data that weights-only loading allows")
+    return f"refusing to load checkpoint {path}: {what}; cnnlab checkpoints hold only tensors and plain data"

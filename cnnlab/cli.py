@@ -5,6 +5,8 @@ Heavy imports (torch, Lightning) happen inside the subcommands so that `--help` 
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import sys
 
@@ -16,12 +18,17 @@ commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
   train resume=RUN_DIR     continue an interrupted run in its folder (or ckpt_path=FILE)
+  eval RUN_OR_CKPT [k=v]   test metrics of a trained run (split=val for validation; data_dir=... etc.)
+  predict RUN_OR_CKPT IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
+                           class names and probabilities for image files
+  compare RUN_OR_SWEEP_DIR... [--format table|md|csv] [--output FILE]
+                           runs side by side: differing choices, best/test metrics, overlaid curves
   list [GROUP [OPTION]]    list every group's options, or show one option's config
   lr-find [overrides]      learning-rate range test on the composed config; prints the lr to use
-
   data show [overrides]    write a PNG grid of augmented training samples with their class names
 
-`cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
+`cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
+`cnnlab COMMAND --help` lists the options of eval, predict, compare, lr-find and data show.
 """
 
 
@@ -69,33 +76,38 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
-def lr_find(args: list[str]) -> int:
-    from cnnlab.lrfind import run
+class Parser(argparse.ArgumentParser):
+    """argparse for the non-Hydra subcommands: a usage mistake is one line and exit 2, like every other one."""
 
-    return _guarded(lambda: run(args))
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from cnnlab.config import ConfigError
+
+        raise ConfigError("arguments", message=f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _guarded(action) -> int:
-    """Run a subcommand; user errors become one line and exit 2."""
+def subcommand(module: str, args: list[str]) -> int:
+    """Run `<module>.main(args)`, turning user errors into one line and exit code 2."""
     try:
-        action()
+        code = importlib.import_module(module).main(args)
+    except SystemExit as exit_:  # argparse's --help
+        return exit_.code if isinstance(exit_.code, int) else 0
     except Exception as error:
         message = user_message(error)
         if message is None:
             raise
         return fail(message)
-    return 0
+    return 0 if code is None else code
 
-def data(args: list[str]) -> int:
-    try:
-        from cnnlab.data.show import main as data_main
 
-        return data_main(args)
-    except Exception as error:
-        message = user_message(error)
-        if message is None:
-            raise
-        return fail(message)
+COMMANDS = {
+    "train": train,
+    "eval": lambda args: subcommand("cnnlab.evaluate", args),
+    "predict": lambda args: subcommand("cnnlab.predict", args),
+    "compare": lambda args: subcommand("cnnlab.compare", args),
+    "list": list_options,
+    "lr-find": lambda args: subcommand("cnnlab.lrfind", args),
+    "data": lambda args: subcommand("cnnlab.data.show", args),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = args[0], args[1:]
-    if command == "train":
-        return train(rest)
-    if command == "list":
-        return list_options(rest)
-    if command == "lr-find":
-        return lr_find(rest)
-    if command == "data":
-        return data(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list, lr-find, data (see cnnlab --help)")
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
+    return fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cnnlab --help)")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,8 @@ def run(args: list[str]) -> dict[str, Any]:
         print(f"use: {command}")
         print(f"plot: {out / 'lr_find.png'}")
     return result
+
+
+def main(args: list[str]) -> int:
+    run(args)
+    return 0

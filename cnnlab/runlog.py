@@ -88,6 +88,34 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     plt.close(fig)
 
 
+def confusion_figure(matrix: Any, class_names: list[str], title: str = "") -> Any:
+    """A matplotlib figure of a confusion matrix (rows true, columns predicted), counts written in small ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    size = max(4, 0.5 * len(class_names))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(class_names) <= 20:
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, col), count in np.ndenumerate(counts):
+            ax.text(col, row, str(int(count)), ha="center", va="center", fontsize=7,
+                    color="white" if count > threshold else "black")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 class RunLog(pl.Callback):
     """Appends a metrics.csv row at the end of every training epoch and draws curves.png at the end of fit."""
 

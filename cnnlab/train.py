@@ -188,22 +188,10 @@ def run(cfg: DictConfig) -> float | None:
 def _log_confusion(logger: Any, module: Any, class_names: list[str]) -> None:
     if module.confusion is None:
         return
-    import matplotlib
+    from cnnlab.runlog import confusion_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = module.confusion.numpy()
-    size = max(4, 0.5 * len(class_names))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    logger.experiment.add_figure("test/confusion_matrix", fig, close=True)
+    logger.experiment.add_figure("test/confusion_matrix", confusion_figure(module.confusion, class_names),
+                                 close=True)
 
 
 def _log_hparams(logger: Any, cfg: DictConfig, choices: dict[str, str], best: dict | None,

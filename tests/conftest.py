@@ -163,3 +163,17 @@ def formats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_svhn_mat(root / "svhn")
     make_image_folder(root / "pets", per_class=12)
     return root
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short `cnnlab train` on synthetic data (in-process), shared by the eval, predict and checkpoint tests.
+
+    A scheduler and early stopping put their state into the checkpoints too, so loading them is tested whole.
+    """
+    from cnnlab.cli import main
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    code = main(["train", "dataset=synthetic", "progress_bar=none", "trainer.max_epochs=1", "scheduler=exp_decay",
+                 "early_stopping.enabled=true", f"hydra.run.dir={run}"])
+    assert code == 0
+    return run

@@ -73,7 +73,7 @@ BAD_INPUT = [
     (["resume={tmp}/run", "optimizer.lr=0.1"], "optimizer.lr=0.1: a resumed run keeps its saved config; only"),
     (["-m", "resume={tmp}/run"], "continues one run: leave out -m"),
     (["ckpt_path={tmp}/missing.ckpt"], "ckpt_path='{tmp}/missing.ckpt' is not allowed: an existing checkpoint"),
-    (["ckpt_path={tmp}/corrupt.ckpt"], "cannot load checkpoint {tmp}/corrupt.ckpt: not a safe cnnlab checkpoint"),
+    (["ckpt_path={tmp}/corrupt.ckpt"], "cannot read checkpoint {tmp}/corrupt.ckpt: the"),
     (["ckpt_path={tmp}/foreign.ckpt"], "{tmp}/foreign.ckpt is not a cnnlab checkpoint"),
     (["ckpt_path={tmp}/other_config.ckpt"], "batch_size=64 differs from the 32 that {tmp}/other_config.ckpt was"),
     (["dataset.image_size=8", "model=vgg11"], "model vgg11 needs images of at least 16x16 pixels, got 8x8"),
@@ -124,4 +124,5 @@ def test_unknown_command_exits_2():
     result = cnnlab("fly")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "cnnlab: error: unknown command 'fly'; choose one of: train, list, lr-find, data (see cnnlab --help)")
+        "cnnlab: error: unknown command 'fly'; choose one of: train, eval, predict, compare, list, lr-find, data "
+        "(see cnnlab --help)")

@@ -252,12 +252,21 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("test", shuffle=False)
 
-    # ------------------------------------------------------------ resumable state (saved in checkpoints)
+    # ------------------------------------------------------------ state saved in checkpoints (Lightning's hooks)
     def state_dict(self) -> dict[str, Any]:
-        return {"augmentation": self.augmentation.state_dict()}
+        """The augmentation's random state (exact resume) and the normalisation statistics as plain floats (so
+        predict needs no training data to reproduce them)."""
+        state: dict[str, Any] = {"augmentation": self.augmentation.state_dict()}
+        if self.mean is not None and self.std is not None:
+            state.update(mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.augmentation.load_state_dict(state["augmentation"])
+        if "augmentation" in state:
+            self.augmentation.load_state_dict(state["augmentation"])
+        if state.get("mean") is not None and state.get("std") is not None:
+            self.mean = torch.tensor(state["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+            self.std = torch.tensor(state["std"], dtype=torch.float32).view(1, -1, 1, 1)
 
     # ------------------------------------------------------------ on-device transforms
     def augment(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
