@@ -15,6 +15,8 @@ commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
   list [GROUP [OPTION]]    list every group's options, or show one option's config
+  compare DIR... [opts]    runs or sweeps side by side: table, seed mean +- std, overlaid curves,
+                           --format md|csv, --output FILE, --plot FILE (see cnnlab compare --help)
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config.
 """
@@ -87,6 +89,18 @@ def list_options(args: list[str]) -> int:
     return 0
 
 
+def compare(args: list[str]) -> int:
+    from cnnlab.compare import main as compare_main
+    from cnnlab.config import ConfigError
+
+    try:
+        return compare_main(args)
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except (ConfigError, ValueError) as error:
+        return fail(str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -97,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if command == "list":
         return list_options(rest)
-    return fail(f"unknown command {command!r}; choose one of: train, list (see cnnlab --help)")
+    if command == "compare":
+        return compare(rest)
+    return fail(f"unknown command {command!r}; choose one of: train, list, compare (see cnnlab --help)")
 
 
 if __name__ == "__main__":

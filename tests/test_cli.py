@@ -63,4 +63,4 @@ def test_unknown_command_exits_2():
     result = cnnlab("fly")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "cnnlab: error: unknown command 'fly'; choose one of: train, list (see cnnlab --help)")
+        "cnnlab: error: unknown command 'fly'; choose one of: train, list, compare (see cnnlab --help)")
