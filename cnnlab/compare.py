@@ -14,6 +14,7 @@ import io
 import math
 import os
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -144,7 +145,8 @@ class Row:
         return statistics.fmean(values), statistics.stdev(values) if len(values) >= 2 else None
 
     def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.settings.items()) or " ".join(self.names)
+        """What sets this row apart, e.g. `loss=nll` (keys the row's runs do not have are left out)."""
+        return " ".join(f"{k}={v}" for k, v in self.settings.items() if v != MISSING) or " ".join(self.names)
 
 
 @dataclass
@@ -240,7 +242,7 @@ def load(paths: Sequence[Path], errors: dict[Path, str] | None = None) -> list[R
 def _headers(comparison: Comparison, brief: bool = False) -> list[str]:
     heads = list(comparison.differing)
     heads += ["seeds"] if comparison.grouped else []
-    heads += ["runs" if comparison.grouped else "run"]
+    heads += [] if brief and comparison.grouped else ["runs" if comparison.grouped else "run"]
     heads += [column.header for column in comparison.shown(brief)]
     if comparison.failures:
         heads.append("failed" if comparison.grouped else "status")
@@ -250,7 +252,7 @@ def _headers(comparison: Comparison, brief: bool = False) -> list[str]:
 def _cells(comparison: Comparison, row: Row, brief: bool = False) -> list[str]:
     cells = [row.settings[k] for k in comparison.differing]
     cells += [str(len(row.completed))] if comparison.grouped else []
-    cells += [",".join(row.names)]
+    cells += [] if brief and comparison.grouped else [", ".join(row.names)]
     cells += [comparison.cell(row, column) for column in comparison.shown(brief)]
     if comparison.failures:
         cells.append(str(len(row.failed)) if comparison.grouped else row.runs[0].status)
@@ -280,7 +282,8 @@ def _failure_lines(comparison: Comparison) -> list[str]:
 
 
 def print_table(comparison: Comparison) -> None:
-    """The terminal table (test accuracy, loss and F1 of the test metrics), then the runs that failed."""
+    """The terminal table, then the runs that failed. Shorter than the exports: of the test metrics only
+    accuracy, loss and F1, and no list of run folders for seed groups."""
     import sys
 
     from rich.console import Console
@@ -290,10 +293,13 @@ def print_table(comparison: Comparison) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=_caption(comparison), caption=f"same in all: {_common_line(comparison)}",
                   title_justify="left", caption_justify="left")
+    runs_column = -1 if comparison.grouped else len(comparison.differing)
     for index, head in enumerate(_headers(comparison, brief=True)):
-        numeric = index >= len(comparison.differing)
-        table.add_column(head, justify="right" if numeric else "left", no_wrap=numeric,
-                         style=None if numeric else "bold")
+        if index < len(comparison.differing):
+            table.add_column(head, style="bold", no_wrap=True)
+        else:  # when the line is too long only the list of run folders folds, never a number or a choice
+            table.add_column(head, justify="left" if index == runs_column else "right",
+                             no_wrap=index != runs_column, overflow="fold" if index == runs_column else "ellipsis")
     for row in comparison.rows:
         table.add_row(*_cells(comparison, row, brief=True))
     console.print(table)
@@ -389,11 +395,13 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize="small",
-                   title="what differs" if comparison.differing else None)
-    fig.suptitle(_common_line(comparison), fontsize="small")
-    fig.tight_layout(rect=(0, 0, 0.79 if handles else 1, 1))
+    columns = max(1, min(len(handles), 3))
+    legend_rows = math.ceil(len(handles) / columns)
+    fig.set_size_inches(12, 4.5 + 0.25 * legend_rows)
+    if handles:  # below the plots, so that long labels are never cut off
+        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize="small", frameon=False)
+    fig.suptitle(textwrap.fill(_common_line(comparison), 160), fontsize="small")
+    fig.tight_layout(rect=(0, (0.3 + 0.25 * legend_rows) / (4.5 + 0.25 * legend_rows), 1, 1))
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")  # whole or absent, never half-written
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
