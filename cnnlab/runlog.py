@@ -12,9 +12,7 @@ Run folder layout (documented in README.md):
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -22,8 +20,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves.png"
-COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+# The readers live in rundir.py (no torch) so that `cnnlab compare` can read run folders instantly.
+from cnnlab.rundir import (  # noqa: F401  (re-exported: train.py and resume read them from here)
+    COLUMNS,
+    CURVES_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    best_epoch,
+    read_metrics,
+    read_summary,
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -31,29 +37,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float | None]]:
-    """The rows of a run's metrics.csv, numbers parsed, blanks as None."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        rows = [{key: _number(value) if value != "" else None for key, value in row.items()}
-                for row in csv.DictReader(handle)]
-    for row in rows:  # counts stay integers, so that rewriting the file keeps them exact
-        for key in ("epoch", "step"):
-            if row.get(key) is not None:
-                row[key] = int(row[key])
-    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -153,18 +136,5 @@ class RunLog(pl.Callback):
             plot_curves(self.rows, self.run_dir / CURVES_FILE, self.title)
 
 
-def best_epoch(rows: list[dict[str, Any]], column: str, mode: str) -> dict[str, Any] | None:
-    """The row with the best value of `column` (first one on ties)."""
-    scored = [r for r in rows if r.get(column) is not None and math.isfinite(r[column])]
-    if not scored:
-        return None
-    pick = min if mode == "min" else max
-    return pick(scored, key=lambda r: r[column])
-
-
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())

@@ -199,11 +199,28 @@ def _log_hparams(logger: Any, cfg: DictConfig, choices: dict[str, str], best: di
     params: dict[str, Any] = {g: v for g, v in choices.items() if g != "trainer"}
     params.update({"lr": cfg.optimizer.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                    "max_epochs": cfg.trainer.max_epochs})
+    params.update(_overridden_values(cfg, choices))
     metrics = {f"hparams/{k}": v for k, v in test_metrics.items()}
     if best is not None:
         metrics[f"hparams/best_{monitor_column}"] = best[monitor_column]
     logger.log_hyperparams(params, metrics)
     logger.finalize("success")
+
+
+def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """Every key set on the command line (e.g. `loss.label_smoothing`), so the HPARAMS tab shows what a sweep
+    varies."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.rundir import override_key
+
+    values: dict[str, Any] = {}
+    for override in _overrides():
+        key = override_key(override)
+        if key and key not in choices:
+            value = OmegaConf.select(cfg, key, default=None)
+            values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return values
 
 
 def _print_result(summary: dict[str, Any]) -> None:

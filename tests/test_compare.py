@@ -1,0 +1,220 @@
+"""`cnnlab compare` and the sweep summary: table columns, seed statistics, exports, overlay PNG, failed runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.cli import main
+
+SWEEP = ["train", "-m", "loss=ce,nll", "seed=0,1", "dataset=synthetic", "trainer.max_epochs=2", "batch_size=32",
+         "+trainer.limit_train_batches=4", "progress_bar=none"]
+
+
+def read_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def summaries(sweep: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(sweep.glob("*/summary.json"))]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2 losses x 2 seeds multirun on synthetic data (4 short runs)."""
+    folder = tmp_path_factory.mktemp("sweep") / "multirun"
+    assert main([*SWEEP, f"hydra.sweep.dir={folder}"]) == 0
+    return folder
+
+
+# ------------------------------------------------------------------ the sweep summary of a real multirun
+def test_multirun_writes_a_sweep_summary_with_seed_statistics(sweep: Path, capsys: pytest.CaptureFixture):
+    for name in ("sweep_summary.md", "sweep_summary.csv", "sweep_curves.png"):
+        assert (sweep / name).is_file(), name
+    assert (sweep / "sweep_curves.png").read_bytes().startswith(b"\x89PNG")
+    rows = read_csv((sweep / "sweep_summary.csv").read_text())
+    assert [r["loss"] for r in rows] != [] and sorted(r["loss"] for r in rows) == ["ce", "nll"]
+    assert list(rows[0])[:3] == ["loss", "seeds", "runs"]  # only the loss differs once seeds are grouped
+    runs = summaries(sweep)
+    assert len(runs) == 4
+    for row in rows:
+        mine = [s for s in runs if s["choices"]["loss"] == row["loss"]]
+        assert row["seeds"] == "2" and sorted(s["seed"] for s in mine) == [0, 1]
+        for column, values in (("best_val_acc", [s["best"]["val_acc"] for s in mine]),
+                               ("test_acc", [s["test"]["test/acc"] for s in mine]),
+                               ("duration_s", [s["duration_s"] for s in mine])):
+            assert float(row[column]) == pytest.approx(statistics.fmean(values))
+            assert float(row[f"{column}_std"]) == pytest.approx(statistics.stdev(values))
+        assert int(row["params"]) == mine[0]["params"] == 431_080
+        assert row["failed"] == "0"
+    best = [float(r["best_val_acc"]) for r in rows]
+    assert best == sorted(best, reverse=True)  # monitored val/acc: highest first
+    markdown = (sweep / "sweep_summary.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| loss | seeds | runs | best val/acc | epoch | test acc |")
+    assert len(table) == 1 + 1 + 2  # header, rule, one line per loss
+    assert " ± " in table[2] and "![validation curves](sweep_curves.png)" in markdown
+    assert "Same in all runs: `model=lenet optimizer=adam" in markdown
+
+
+def test_hparams_and_confusion_matrix_reach_tensorboard(sweep: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = sweep / "0"
+    summary = json.loads((run / "summary.json").read_text())
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["loss"].string_value == summary["choices"]["loss"]
+    assert hparams["seed"].number_value == summary["seed"]
+    assert hparams["trainer.limit_train_batches"].number_value == 4  # overridden keys are hparams too
+    assert "progress_bar" not in hparams
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metric_tags = {info.name.tag for info in experiment.metric_infos}
+    assert {"hparams/test/acc", "hparams/best_val_acc"} <= metric_tags
+    assert events.Scalars("hparams/test/acc")[0].value == pytest.approx(summary["test"]["test/acc"])
+    assert events.Scalars("hparams/best_val_acc")[0].value == pytest.approx(summary["best"]["val_acc"])
+
+
+# ------------------------------------------------------------------ `cnnlab compare`
+def test_compare_prints_the_table_and_writes_exports_and_png(sweep: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture):
+    md, table_csv, png = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "curves.png"
+    assert main(["compare", str(sweep), "--output", str(md), "--output", str(table_csv), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "sorted by best val/acc" in out and "± " in out
+    assert "loss" in out and " ce " in out and " nll " in out
+    assert f"curves: {png}" in out
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert md.read_text() in (sweep / "sweep_summary.md").read_text()  # the same table as the sweep summary
+    assert table_csv.read_text() == (sweep / "sweep_summary.csv").read_text()
+
+
+def test_compare_per_run_matches_each_summary(sweep: Path, capsys: pytest.CaptureFixture):
+    assert main(["compare", str(sweep), "--per-run", "--format", "csv", "--no-plot"]) == 0
+    rows = read_csv(capsys.readouterr().out)
+    assert len(rows) == 4
+    assert list(rows[0])[:3] == ["loss", "seed", "runs"] and "best_val_acc_std" not in rows[0]
+    for row in rows:
+        summary = json.loads((sweep / row["runs"] / "summary.json").read_text())
+        assert (row["loss"], int(row["seed"])) == (summary["choices"]["loss"], summary["seed"])
+        assert float(row["best_val_acc"]) == pytest.approx(summary["best"]["val_acc"])
+        assert int(row["best_epoch"]) == summary["best"]["epoch"]
+        assert float(row["test_acc"]) == pytest.approx(summary["test"]["test/acc"])
+        assert float(row["test_f1"]) == pytest.approx(summary["test"]["test/f1"])
+        assert float(row["duration_s"]) == pytest.approx(summary["duration_s"])
+    assert not (sweep / "comparison.png").exists()
+
+
+# ------------------------------------------------------------------ hand-made run folders (no training)
+def fake_run(folder: Path, choices: dict[str, str], overrides: list[str], config: dict, val_acc: list[float],
+             status: str | None = "completed", error: str | None = None, test_acc: float = 0.5) -> Path:
+    """A run folder as `cnnlab train` leaves it: .hydra files, metrics.csv and (unless status is None) summary."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    runtime_choices = {**choices, "hydra/launcher": "basic"}
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": runtime_choices}}}))
+    lines = ["epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s"]
+    lines += [f"{i + 1},{10 * (i + 1)},1.0,0.5,{1 - acc},{acc},0.001,1.0" for i, acc in enumerate(val_acc)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if status is not None:
+        summary = {"status": status, "error": error, "choices": choices, "monitor": "val/acc", "mode": "max",
+                   "params": 1000, "duration_s": 3.0}
+        if status == "completed":
+            summary.update(test={"test/acc": test_acc, "test/loss": 1.0})
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+CHOICES = {"model": "lenet", "loss": "ce", "optimizer": "adam", "dataset": "digits"}
+CONFIG = {"seed": 42, "seeds": {"init": "${seed}"}, "optimizer": {"lr": 0.001}, "progress_bar": "rich"}
+
+
+def test_only_differing_choices_become_columns_and_failures_are_listed(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture):
+    fake_run(tmp_path / "a", CHOICES, ["progress_bar=none"], CONFIG, [0.6, 0.7], test_acc=0.71)
+    fake_run(tmp_path / "b", CHOICES, ["optimizer.lr=0.01"], {**CONFIG, "optimizer": {"lr": 0.01}}, [0.8, 0.75],
+             test_acc=0.79)
+    fake_run(tmp_path / "c", {**CHOICES, "loss": "nll"}, [], CONFIG, [0.3], status="failed",
+             error="ValueError: the loss is nan at step 7")
+    fake_run(tmp_path / "d", {**CHOICES, "loss": "nll"}, [], CONFIG, [], status=None)
+    assert main(["compare", str(tmp_path), "--format", "md", "--no-plot"]) == 0
+    markdown = capsys.readouterr().out
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| loss | optimizer.lr | run | best val/acc | epoch | test acc | test loss |")
+    assert table[0].endswith("| params | duration (s) | status |")  # progress_bar is no choice
+    assert table[2].startswith("| ce | 0.01 | b | 0.8000 | 1 | 0.7900 |")  # best first, at its best epoch
+    assert table[3].startswith("| ce | 0.001 | a | 0.7000 | 2 | 0.7100 |")  # lr not overridden: config value
+    assert table[4].endswith("| failed |") and table[5].endswith("| incomplete |")
+    assert "- c (loss=nll optimizer.lr=0.001): failed: ValueError: the loss is nan at step 7" in markdown
+    assert "- d (loss=nll optimizer.lr=0.001): incomplete: no summary.json" in markdown
+    assert "Same in all runs: `model=lenet optimizer=adam dataset=digits`" in markdown
+
+
+def test_sweep_summary_names_jobs_that_hydra_saw_fail(tmp_path: Path):
+    from cnnlab.sweep_summary import write_sweep_summary
+
+    fake_run(tmp_path / "0", CHOICES, ["seed=0"], {**CONFIG, "seed": 0}, [0.5], test_acc=0.4)
+    fake_run(tmp_path / "1", CHOICES, ["seed=1"], {**CONFIG, "seed": 1}, [0.7], test_acc=0.6)
+    fake_run(tmp_path / "2", {**CHOICES, "loss": "nll"}, ["seed=0"], {**CONFIG, "seed": 0}, [], status=None)
+    errors = {(tmp_path / "2").resolve(): "RuntimeError: CUDA out of memory"}
+    comparison = write_sweep_summary(tmp_path, errors)
+    assert comparison is not None and comparison.grouped
+    rows = read_csv((tmp_path / "sweep_summary.csv").read_text())
+    assert [(r["loss"], r["seeds"], r["failed"]) for r in rows] == [("ce", "2", "0"), ("nll", "0", "1")]
+    assert float(rows[0]["test_acc"]) == pytest.approx(0.5) and float(rows[0]["test_acc_std"]) == pytest.approx(
+        statistics.stdev([0.4, 0.6]))
+    assert rows[1]["errors"] == "failed: RuntimeError: CUDA out of memory"
+    assert rows[1]["best_val_acc"] == ""
+    markdown = (tmp_path / "sweep_summary.md").read_text()
+    assert "- 2 (loss=nll seed=0): failed: RuntimeError: CUDA out of memory" in markdown
+    assert (tmp_path / "sweep_curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["/no/such/folder"], "/no/such/folder: no such folder"),
+    (["{empty}"], "no run folders here"),
+    (["{empty}", "--format", "xml"], "compare: argument --format: invalid choice: 'xml'"),
+    (["{empty}", "--output", "table.txt"], "--output table.txt: name it .md or .csv"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                          expected: str):
+    args = [a.replace("{empty}", str(tmp_path)) for a in args]
+    assert main(["compare", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and expected in err[0]
+
+
+def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import cnnlab.train
+
+    original = cnnlab.train.run
+
+    def run(cfg):  # the second job breaks the way a bug or a crash in training would
+        if cfg.seed == 1:
+            raise RuntimeError("simulated crash in job 1")
+        return original(cfg)
+
+    monkeypatch.setattr(cnnlab.train, "run", run)
+    folder = tmp_path / "multirun"
+    try:
+        main(["train", "-m", "seed=0,1", "dataset=synthetic", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+              "test=false", "progress_bar=none", f"hydra.sweep.dir={folder}"])
+    except RuntimeError:
+        pass  # Hydra's basic sweeper re-raises a failed job's error once every job has run
+    rows = read_csv((folder / "sweep_summary.csv").read_text())
+    assert [(r["seeds"], r["failed"]) for r in rows] == [("1", "1")]
+    assert "failed: RuntimeError: simulated crash in job 1" in rows[0]["errors"]
+    markdown = (folder / "sweep_summary.md").read_text()
+    assert "Failed runs (1):" in markdown and "- 1 (seed=1): failed: RuntimeError: simulated crash in job 1" in markdown
