@@ -17,7 +17,11 @@ def groups(conf_dir: Path = CONF_DIR) -> dict[str, list[Path]]:
 
 def description(path: Path) -> str:
     data = yaml.safe_load(path.read_text()) or {}
-    return str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return ""
+    # An option in the global package (e.g. hparams_search) keeps its description under its group's key.
+    own = data.get(path.parent.name)
+    return str(data.get("description") or (own.get("description", "") if isinstance(own, dict) else "")).strip()
 
 
 def show(args: list[str], conf_dir: Path = CONF_DIR) -> str:

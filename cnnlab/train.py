@@ -12,6 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnlab.config import CONF_DIR, GROUPS, validate
+from cnnlab.search import register_resolvers
+
+register_resolvers()
 
 
 def _choices() -> dict[str, str]:
