@@ -62,14 +62,14 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, raw, labels = self._step(batch)
         self.train_acc.update(raw.detach(), labels)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, raw, labels = self._step(batch)
         self.val_acc.update(raw, labels)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), prog_bar=True)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(labels), prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -77,11 +77,11 @@ class ClassifierModule(pl.LightningModule):
         probs = self.objective.probabilities(raw)
         self.test_scores.update(probs, labels)
         self.test_confusion.update(probs, labels)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(labels))
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.test_scores.compute().items():
-            self.log(f"test/{name}", value)
+            self.log(f"test/{name}", value, sync_dist=True)  # already reduced over ranks: the mean keeps it
         self.test_scores.reset()
         self.confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()

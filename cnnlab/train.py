@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -55,12 +57,15 @@ def _callbacks(cfg: DictConfig, run_dir: Path, mode: str, title: str) -> list[An
 
 
 def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
+    from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
     from cnnlab.models.summary import render, summarize
 
     rows, total, trainable = summarize(module.model, (cfg.dataset.channels, cfg.dataset.image_size,
                                                       cfg.dataset.image_size))
+    if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
+        return total
     table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
     Console().print(table)
     with (run_dir / "model_summary.txt").open("w") as handle:
@@ -94,6 +99,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.build import build_datamodule, build_module
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.config import monitor_mode
+    from cnnlab.distributed import local_ranks
     from cnnlab.runlog import best_epoch, read_metrics, write_summary
 
     started = time.time()
@@ -121,19 +127,24 @@ def run(cfg: DictConfig) -> float | None:
     summary: dict[str, Any] = {
         "status": "running", "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
+        "host": socket.gethostname(), "pid": os.getpid(), "world_size": trainer.world_size,
     }
-    trainer.fit(module, datamodule=datamodule)
+    test_metrics: dict[str, float] = {}
+    checkpoint = trainer.checkpoint_callback
+    with local_ranks(trainer):  # DDP on one machine: the other ranks run beside this one
+        trainer.fit(module, datamodule=datamodule)
+        if cfg.test:
+            ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if not trainer.is_global_zero:  # DDP: rank 0 alone writes the run folder and reports
+        return None
+    if cfg.test:
+        _log_confusion(logger, module, datamodule.class_names)
 
     rows = read_metrics(run_dir)
     monitor_column = cfg.monitor.replace("/", "_")
     best = best_epoch(rows, monitor_column, mode)
-    test_metrics: dict[str, float] = {}
-    checkpoint = trainer.checkpoint_callback
-    if cfg.test:
-        ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        _log_confusion(logger, module, datamodule.class_names)
     summary.update({
         "status": "completed",
         "epochs": len(rows),

@@ -49,16 +49,30 @@ def fit_images(images: Tensor, channels: int, size: int) -> Tensor:
 
 
 class InMemoryLoader:
-    """Batches of (uint8 images, labels) sliced from tensors; reshuffled each epoch with a seeded order."""
+    """Batches of (uint8 images, labels) sliced from tensors; reshuffled each epoch with a seeded order.
+
+    Under DDP each of `world_size` processes takes every world_size-th sample of the epoch's order, from its `rank`
+    (Lightning adds no DistributedSampler to a loader that is not a DataLoader). A shuffled (training) order is first
+    padded from its start, as DistributedSampler does, so every rank takes the same number of steps; an evaluation
+    order is not, so each sample is counted exactly once.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
+    def _shard(self, order: Tensor) -> Tensor:
+        if self.world_size == 1:
+            return order
+        if self.shuffle:
+            order = torch.cat([order, order[: -len(order) % self.world_size]])
+        return order[self.rank:: self.world_size]
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self._shard(torch.arange(len(self.labels))))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
@@ -69,7 +83,7 @@ class InMemoryLoader:
         return torch.randperm(len(self.labels), generator=generator)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.order(self.epoch)
+        order = self._shard(self.order(self.epoch))
         self.epoch += 1
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start: start + self.batch_size]
@@ -134,7 +148,9 @@ class ImageDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
         images, labels = self.splits[split]
-        return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed)
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
+                              rank=rank, world_size=world_size)
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader("train", shuffle=True)
