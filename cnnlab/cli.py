@@ -20,6 +20,13 @@ commands:
 """
 
 
+# Hydra's sweeper and launcher options come from plugins, installed with cnnlab's extras.
+PLUGIN_EXTRAS = {
+    "hydra/sweeper": " (optuna comes with pip install -e '.[search]')",
+    "hydra/launcher": " (joblib and slurm come with pip install -e '.[launchers]')",
+}
+
+
 def fail(message: str) -> int:
     """One line on stderr; exit code 2 for input the user can fix."""
     from cnnlab.config import report
@@ -43,7 +50,8 @@ def _user_error(error: BaseException) -> str | None:
         if isinstance(current, MissingConfigException) and current.options:
             missing = current.missing_cfg_file or ""
             group, _, option = missing.rpartition("/")
-            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}"
+            hint = PLUGIN_EXTRAS.get(group, "")
+            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}{hint}"
         current = current.__cause__ or current.__context__
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         text = str(error).split("Config search path")[0]
