@@ -32,6 +32,13 @@ commands:
 """
 
 
+# Hydra's sweeper and launcher options come from plugins, installed with cnnlab's extras.
+PLUGIN_EXTRAS = {
+    "hydra/sweeper": " (optuna comes with pip install -e '.[search]')",
+    "hydra/launcher": " (joblib and slurm come with pip install -e '.[launchers]')",
+}
+
+
 def fail(message: str) -> int:
     """One line on stderr; exit code 2 for input the user can fix."""
     from cnnlab.config import report

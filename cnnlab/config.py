@@ -31,6 +31,13 @@ def report(message: str) -> int:
     return 2
 
 
+# Hydra groups whose options come from optional plugins: a missing option names the extra that installs them.
+PLUGIN_EXTRAS = {
+    "hydra/sweeper": " (optuna comes with pip install -e '.[search]')",
+    "hydra/launcher": " (joblib and slurm come with pip install -e '.[launchers]')",
+}
+
+
 def user_message(error: BaseException) -> str | None:
     """The one-line message for a user-fixable error anywhere in the exception chain, else None."""
     import re
@@ -47,7 +54,8 @@ def user_message(error: BaseException) -> str | None:
         if isinstance(current, MissingConfigException) and current.options:
             missing = current.missing_cfg_file or ""
             group, _, option = missing.rpartition("/")
-            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}"
+            hint = PLUGIN_EXTRAS.get(group, "")
+            return f"{group}={option}: no such option; choose one of: {', '.join(current.options)}{hint}"
         if type(current).__name__ == "MisconfigurationException":  # Lightning's word on a Trainer setting
             return f"trainer: {current}"
         current = current.__cause__ or current.__context__

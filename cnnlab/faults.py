@@ -362,7 +362,8 @@ def recorded(run_dir: Path, summary: dict[str, Any], started: float, trainer: pl
         })
         if interrupted:
             summary["resume"] = f"cnnlab train resume={_shown(run_dir)}"
-        write_summary(run_dir, summary)
+        if trainer.is_global_zero:
+            write_summary(run_dir, summary)
         raise error from None
 
 

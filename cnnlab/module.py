@@ -110,7 +110,7 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, targets = self._step(batch)
         self.val_acc.update(probs, targets)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(targets), prog_bar=True)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(targets), prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(targets), prog_bar=True)
         if self.val_scores is not None:
             self.val_scores.update(probs, targets)
@@ -121,15 +121,15 @@ class ClassifierModule(pl.LightningModule):
         self.test_scores.update(probs, targets)
         if self.test_confusion is not None:
             self.test_confusion.update(probs, targets)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets))
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.test_scores.compute().items():
             if value.ndim:  # per-label values: one entry each
                 for index, item in enumerate(value):
-                    self.log(f"test/{name}_{index}", item)
+                    self.log(f"test/{name}_{index}", item, sync_dist=True)
             else:
-                self.log(f"test/{name}", value)
+                self.log(f"test/{name}", value, sync_dist=True)  # already reduced over ranks: the mean keeps it
         self.test_scores.reset()
         if self.test_confusion is not None:
             self.confusion = self.test_confusion.compute().cpu()

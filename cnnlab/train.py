@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -12,6 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnlab.config import CONF_DIR, GROUPS, validate
+from cnnlab.search import register_resolvers
+
+register_resolvers()
 
 
 def _choices() -> dict[str, str]:
@@ -72,12 +77,15 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
+    from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
     from cnnlab.models.summary import render, summarize
 
     rows, total, trainable = summarize(module.model, (cfg.dataset.channels, cfg.dataset.image_size,
                                                       cfg.dataset.image_size))
+    if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
+        return total
     table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
     Console().print(table)
     with (run_dir / "model_summary.txt").open("w") as handle:
@@ -114,6 +122,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.config import monitor_mode
     from cnnlab.diagnosis import diagnose
+    from cnnlab.distributed import local_ranks
     from cnnlab.runlog import best_epoch, read_metrics, write_summary
 
     started = time.time()
@@ -148,21 +157,27 @@ def run(cfg: DictConfig) -> float | None:
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
         "debug": cfg.debug.name if cfg.get("debug") else None,
         "experiment": cfg.experiment.name if cfg.get("experiment") else None,
+        "host": socket.gethostname(), "pid": os.getpid(), "world_size": trainer.world_size,
     }
     if resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
-    write_summary(run_dir, summary)
+    if trainer.is_global_zero:
+        write_summary(run_dir, summary)
     monitor_column = cfg.monitor.replace("/", "_")
     test_metrics: dict[str, float] = {}
     checkpoint = trainer.checkpoint_callback
-    with stop, faults.recorded(run_dir, summary, started, trainer):
+    # DDP on one machine: the other ranks run beside this one (local_ranks starts and joins them).
+    with local_ranks(trainer), stop, faults.recorded(run_dir, summary, started, trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if cfg.test:
             ckpt = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
             results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
             test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-            _log_confusion(logger, module, datamodule.class_names)
         faults.raise_if_stop_requested(trainer)
+    if not trainer.is_global_zero:  # DDP: rank 0 alone writes the run folder and reports
+        return None
+    if cfg.test:
+        _log_confusion(logger, module, datamodule.class_names)
 
     rows = read_metrics(run_dir)
     best = best_epoch(rows, monitor_column, mode)

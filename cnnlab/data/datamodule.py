@@ -85,18 +85,31 @@ class InMemoryLoader:
 
     It is resumable (Lightning saves `state_dict()` in checkpoints): the state is the epoch being read and how many
     of its batches were handed out, so a run resumed mid-epoch reads exactly the batches it had not seen.
+
+    Under DDP each of `world_size` processes takes every world_size-th sample of the epoch's order, from its `rank`
+    (Lightning adds no DistributedSampler to a loader that is not a DataLoader). A shuffled (training) order is first
+    padded from its start, as DistributedSampler does, so every rank takes the same number of steps; an evaluation
+    order is not, so each sample is counted exactly once.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0  # the epoch the next iterator reads
         self.start = 0  # the batch the next iterator starts at (non-zero only after load_state_dict)
         self.position = (0, 0)  # (epoch, batches handed out) of the iterator being read
 
+    def _shard(self, order: Tensor) -> Tensor:
+        if self.world_size == 1:
+            return order
+        if self.shuffle:
+            order = torch.cat([order, order[: -len(order) % self.world_size]])
+        return order[self.rank:: self.world_size]
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = len(self._shard(torch.arange(len(self.labels))))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
@@ -107,7 +120,7 @@ class InMemoryLoader:
         # A generator: nothing is read (and the epoch does not advance) until the first batch is drawn.
         epoch, start = self.epoch, self.start
         self.epoch, self.start, self.position = epoch + 1, 0, (epoch, start)
-        order = self.order(epoch)
+        order = self._shard(self.order(epoch))
         for batch in range(start, len(self)):
             index = order[batch * self.batch_size: (batch + 1) * self.batch_size]
             self.position = (epoch, batch + 1)
@@ -241,7 +254,9 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(images, ImageFiles):
             return StreamingLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
                                    num_workers=self.num_workers)
-        return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed)
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
+                              rank=rank, world_size=world_size)
 
     def train_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("train", shuffle=self.shuffle)
