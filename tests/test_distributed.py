@@ -64,8 +64,8 @@ def test_ddp_with_two_cpu_processes_writes_one_run_folder(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
-    # Each rank took half of the 462 training images: 231 per rank in batches of 64.
-    assert summary["split_sizes"]["train"] == 462 and summary["steps"] == math.ceil(231 / 64)
+    # Each rank took half of the 461 training images (padded to 462): 231 per rank in batches of 64.
+    assert summary["split_sizes"]["train"] == 461 and summary["steps"] == math.ceil(231 / 64)
     # Rank 0 alone wrote the run folder: one log, one config, one metrics row, no per-rank files.
     names = sorted(p.name for p in run.iterdir())
     assert names == [".hydra", "checkpoints", "curves.png", "metrics.csv", "model_summary.txt", "summary.json",
@@ -75,6 +75,6 @@ def test_ddp_with_two_cpu_processes_writes_one_run_folder(tmp_path: Path):
     assert result.stdout.count("Model summary") == 1
     # The validation accuracy reduced over both processes is the saved model's accuracy on the whole split.
     correct, total = evaluate(run / "checkpoints" / "best.ckpt")
-    assert total == summary["split_sizes"]["val"] == 50
+    assert total == summary["split_sizes"]["val"] == 51
     assert 0 < correct < total, "a few steps on noisy data: the check must not be trivially 0 or 1"
     assert summary["best"]["val_acc"] == round(correct / total, 6)

@@ -254,7 +254,7 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(images, ImageFiles):
             return StreamingLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
                                    num_workers=self.num_workers)
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world_size = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
         return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
                               rank=rank, world_size=world_size)
 
