@@ -46,7 +46,23 @@ def fail(message: str) -> int:
     return report(message)
 
 
+TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=value ...]
+       cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
+
+Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
+trains, tests, and writes a run folder under outputs/. Useful Hydra flags: --cfg job (print the composed config),
+--info, --hydra-help, --shell-completion. Config groups and their options:
+
+"""
+
+
 def train(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        # Hydra's own --help composes every group option (about a second); this lists the same from conf/ at once.
+        from cnnlab.listing import show
+
+        print(TRAIN_HELP + show([]), end="")
+        return 0
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
     from cnnlab.config import ConfigError
     from cnnlab.resume import hydra_args

@@ -144,6 +144,12 @@ class Row:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) >= 2 else None
 
+    def verdict(self) -> str:
+        """The runs' fitting diagnoses (summary.json "diagnosis"), and their debug mode when they ran in one."""
+        verdicts = sorted({(run.summary.get("diagnosis") or {}).get("verdict") for run in self.completed} - {None})
+        debug = sorted({run.summary.get("debug") for run in self.runs} - {None})
+        return "/".join(verdicts) + (f" [debug={','.join(debug)}]" if debug else "") or MISSING
+
     def label(self) -> str:
         """What sets this row apart, e.g. `loss=nll` (keys the row's runs do not have are left out)."""
         return " ".join(f"{k}={v}" for k, v in self.settings.items() if v != MISSING) or " ".join(self.names)
@@ -244,6 +250,7 @@ def _headers(comparison: Comparison, brief: bool = False) -> list[str]:
     heads += ["seeds"] if comparison.grouped else []
     heads += [] if brief and comparison.grouped else ["runs" if comparison.grouped else "run"]
     heads += [column.header for column in comparison.shown(brief)]
+    heads.append("diagnosis")
     if comparison.failures:
         heads.append("failed" if comparison.grouped else "status")
     return heads
@@ -254,6 +261,7 @@ def _cells(comparison: Comparison, row: Row, brief: bool = False) -> list[str]:
     cells += [str(len(row.completed))] if comparison.grouped else []
     cells += [] if brief and comparison.grouped else [", ".join(row.names)]
     cells += [comparison.cell(row, column) for column in comparison.shown(brief)]
+    cells.append(row.verdict())
     if comparison.failures:
         cells.append(str(len(row.failed)) if comparison.grouped else row.runs[0].status)
     return cells
@@ -334,7 +342,7 @@ def to_csv(comparison: Comparison) -> str:
     heads = list(comparison.differing) + (["seeds"] if comparison.grouped else []) + ["runs"]
     for column in comparison.columns:
         heads += [column.key] + ([f"{column.key}_std"] if comparison.grouped and column.spread else [])
-    heads += ["failed", "errors"]
+    heads += ["diagnosis", "failed", "errors"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(heads)
@@ -347,7 +355,7 @@ def to_csv(comparison: Comparison) -> str:
             cells.append(_csv_number(mean))
             if comparison.grouped and column.spread:
                 cells.append(_csv_number(std))
-        cells += [len(row.failed), " | ".join(f"{run.status}: {run.error or ''}" for run in row.failed)]
+        cells += [row.verdict(), len(row.failed), " | ".join(f"{run.status}: {run.error or ''}" for run in row.failed)]
         writer.writerow(cells)
     return buffer.getvalue()
 

@@ -76,6 +76,9 @@ def diagnose(rows: list[Row], monitor: str = "val_acc", mode: str = "max", patie
         verdict = "overfitting"
         message = (f"overfitting from epoch {overfit_from}: validation loss rises while training loss falls "
                    f"(accuracy gap {result['acc_gap']:.3f})")
+    elif not monitored:
+        verdict = "unknown"
+        message = f"no {monitor} was recorded (validation off?): train vs validation cannot be compared"
     elif result.get("best_epoch") == last_epoch:
         verdict = "still improving"
         message = f"good fit, still improving at the last epoch ({last_epoch}): more epochs may help"

@@ -69,11 +69,10 @@ def _saved_overrides(run_dir: Path) -> list[str]:
 
 def hydra_args(args: list[str]) -> list[str]:
     """Turn `resume=RUN_DIR` / `ckpt_path=FILE` into the Hydra arguments that continue that run; others unchanged."""
-    from cnnlab.checkpoint import load_checkpoint
-
     chosen = [a for a in args if _key(a) in ("resume", "ckpt_path") and "=" in a]
     if not chosen:
         return args
+    from cnnlab.checkpoint import load_checkpoint  # imports torch: only when a run is being continued
     if len(chosen) > 1:
         raise ConfigError("resume", " ".join(chosen), "only one of resume=RUN_DIR or ckpt_path=FILE")
     key, value = _key(chosen[0]), chosen[0].split("=", 1)[1]

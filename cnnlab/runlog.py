@@ -106,14 +106,22 @@ class RunLog(pl.Callback):
         self.run_dir, self.title = Path(run_dir), title
         self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
         self._epoch_start = time.perf_counter()
+        self.first_step_at: float | None = None  # wall-clock time of the first training batch (start-up cost)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
+        # Callbacks' epoch-end hooks run before the module's, which logs the training metrics: ask the module.
+        own = getattr(pl_module, "epoch_train_metrics", dict)()
+        metrics = {**trainer.callback_metrics, **own}
 
         def value(key: str) -> float | None:
             return float(metrics[key]) if key in metrics else None

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.config import monitor_mode
     from cnnlab.diagnosis import diagnose
     from cnnlab.distributed import local_ranks
-    from cnnlab.runlog import best_epoch, read_metrics, write_summary
+    from cnnlab.runlog import RunLog, best_epoch, read_metrics, write_summary
 
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -191,6 +191,7 @@ def run(cfg: DictConfig) -> float | None:
         "final": rows[-1] if rows else None,
         "test": test_metrics,
         "duration_s": round(time.time() - started, 2),
+        "first_step_at": next((c.first_step_at for c in trainer.callbacks if isinstance(c, RunLog)), None),
         "diagnosis": diagnose(rows, monitor=monitor_column, mode=mode, patience=cfg.early_stopping.patience,
                               min_delta=cfg.early_stopping.min_delta, **cfg.diagnosis),
     })
