@@ -153,7 +153,7 @@ def test_only_differing_choices_become_columns_and_failures_are_listed(tmp_path:
     markdown = capsys.readouterr().out
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| loss | optimizer.lr | run | best val/acc | epoch | test acc | test loss |")
-    assert table[0].endswith("| params | duration (s) | status |")  # progress_bar is no choice
+    assert table[0].endswith("| params | duration (s) | diagnosis | status |")  # progress_bar is no choice
     assert table[2].startswith("| ce | 0.01 | b | 0.8000 | 1 | 0.7900 |")  # best first, at its best epoch
     assert table[3].startswith("| ce | 0.001 | a | 0.7000 | 2 | 0.7100 |")  # lr not overridden: config value
     assert table[4].endswith("| failed |") and table[5].endswith("| incomplete |")
@@ -218,3 +218,18 @@ def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: 
     assert "failed: RuntimeError: simulated crash in job 1" in rows[0]["errors"]
     markdown = (folder / "sweep_summary.md").read_text()
     assert "Failed runs (1):" in markdown and "- 1 (seed=1): failed: RuntimeError: simulated crash in job 1" in markdown
+
+
+def test_diagnosis_column_shows_verdicts_and_debug_runs(tmp_path: Path):
+    from cnnlab.cli import main
+    from cnnlab.compare import compare, load, to_csv
+
+    for name, extra in (("plain", []), ("fdr", ["debug=fdr"])):
+        assert main(["train", "dataset=synthetic", "model=mlp", "trainer.max_epochs=1", "progress_bar=none", *extra,
+                     f"hydra.run.dir={tmp_path / name}"]) == 0
+    rows = to_csv(compare(load([tmp_path / "plain", tmp_path / "fdr"]), per_run=True)).splitlines()
+    header = rows[0].split(",")
+    verdicts = {row.split(",")[header.index("runs")]: row.split(",")[header.index("diagnosis")] for row in rows[1:]}
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert verdicts["plain"] == summary["diagnosis"]["verdict"]
+    assert verdicts["fdr"].endswith("[debug=fdr]")
