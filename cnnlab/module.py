@@ -64,9 +64,14 @@ class ClassifierModule(pl.LightningModule):
     """A model trained with one objective; logs `<split>/loss` and `<split>/acc` per epoch."""
 
     def __init__(self, model: nn.Module, objective: Objective, num_classes: int, optimizer: Any,
-                 scheduler: Any, monitor: str = "val/acc", mode: str = "max", config: dict | None = None):
+                 scheduler: Any, monitor: str = "val/acc", mode: str = "max", config: dict | None = None,
+                 channels_last: bool = False):
         super().__init__()
         self.model, self.objective, self.num_classes = model, objective, num_classes
+        # NHWC memory layout for convolutions (faster on GPUs with tensor cores, and with bf16); same numbers.
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.monitor, self.mode = monitor, mode
         self.config = config  # plain data, saved inside checkpoints for eval/predict/resume
@@ -94,6 +99,8 @@ class ClassifierModule(pl.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Loss, class probabilities and the targets the metrics compare them with."""
         images, labels = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         raw = self.model(images)
         return self.objective(raw, labels), self.objective.probabilities(raw.detach()), self._metric_targets(labels)
 
