@@ -34,26 +34,38 @@ class ImageClassifier(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class KerasLeNet(ImageClassifier):
-    """Keras-book LeNet: conv 20@5x5, maxpool 2/2, conv 50@5x5, maxpool 2/2, dense 500, dense classes."""
+class TwoConvNet(ImageClassifier):
+    """conv -> maxpool 2/2 -> conv -> maxpool 2/2 -> flatten -> dense -> output: Keras-book LeNet and simple_cnn."""
 
-    name = "lenet"
+    filters: tuple[int, int] = (20, 50)
+    kernel = 5
+    hidden = 500
+    default_input = (1, 10, 28)  # in_channels, num_classes, image_size when not given
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, activation: str = "relu",
-                 dropout: float = 0.0, batch_norm: bool = False, init: str = "default"):
-        super().__init__(in_channels, image_size)
+    def __init__(self, in_channels: int | None = None, num_classes: int | None = None, image_size: int | None = None,
+                 activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False, init: str = "default"):
+        channels, classes, size = (given if given is not None else default for given, default in
+                                   zip((in_channels, num_classes, image_size), self.default_input))
+        super().__init__(channels, size)
         knobs.check_dropout(dropout)
+        first, second = self.filters
         self.features = nn.Sequential(
-            *knobs.conv_block(in_channels, 20, 5, activation, batch_norm),
+            *knobs.conv_block(channels, first, self.kernel, activation, batch_norm),
             nn.MaxPool2d(2, 2),
-            *knobs.conv_block(20, 50, 5, activation, batch_norm),
+            *knobs.conv_block(first, second, self.kernel, activation, batch_norm),
             nn.MaxPool2d(2, 2),
         )
         self.classifier = nn.Sequential(
-            *knobs.dense_block(self.feature_size(self.features), 500, activation, batch_norm, dropout),
-            nn.Linear(500, num_classes),
+            *knobs.dense_block(self.feature_size(self.features), self.hidden, activation, batch_norm, dropout),
+            nn.Linear(self.hidden, classes),
         )
         knobs.initialize(self, init, activation)
+
+
+class KerasLeNet(TwoConvNet):
+    """Keras-book LeNet: conv 20@5x5, maxpool 2/2, conv 50@5x5, maxpool 2/2, dense 500, dense classes."""
+
+    name = "lenet"
 
 
 class LeNet5(ImageClassifier):
@@ -108,23 +120,9 @@ class MLP(ImageClassifier):
         knobs.initialize(self, init, activation)
 
 
-class SimpleCNN(ImageClassifier):
+class SimpleCNN(TwoConvNet):
     """The cats-vs-dogs network: conv 32@3x3, maxpool 2/2, conv 32@3x3, maxpool 2/2, dense 128, output (64x64x3)."""
 
     name = "simple_cnn"
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 2, image_size: int = 64, activation: str = "relu",
-                 dropout: float = 0.0, batch_norm: bool = False, init: str = "default"):
-        super().__init__(in_channels, image_size)
-        knobs.check_dropout(dropout)
-        self.features = nn.Sequential(
-            *knobs.conv_block(in_channels, 32, 3, activation, batch_norm),
-            nn.MaxPool2d(2, 2),
-            *knobs.conv_block(32, 32, 3, activation, batch_norm),
-            nn.MaxPool2d(2, 2),
-        )
-        self.classifier = nn.Sequential(
-            *knobs.dense_block(self.feature_size(self.features), 128, activation, batch_norm, dropout),
-            nn.Linear(128, num_classes),
-        )
-        knobs.initialize(self, init, activation)
+    filters, kernel, hidden = (32, 32), 3, 128
+    default_input = (3, 2, 64)
