@@ -72,6 +72,25 @@ def user_message(error: BaseException) -> str | None:
     return None
 
 
+def compose(overrides: list[str], job_name: str = "cnnlab") -> Any:
+    """The config `cnnlab train` would run with these overrides (Hydra's compose API on the same conf/).
+
+    Hydra's runtime config is registered (so `${hydra:...}` values resolve and HydraConfig.get() answers, the group
+    choices included) and the `hydra` node is dropped, as in a `cnnlab train` job's config.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def instantiate(node: Any, drop: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """`hydra.utils.instantiate` for one option node, leaving out the descriptive keys."""
     from hydra.utils import instantiate as hydra_instantiate

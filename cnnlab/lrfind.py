@@ -8,23 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import CONF_DIR, ConfigError, validate
-
-
-def compose(overrides: list[str]) -> Any:
-    """The config `cnnlab train` would compose from these overrides (Hydra's compose API, same conf/)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-    from omegaconf import open_dict
-
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a `cnnlab train` job: the task's config holds no hydra node
-    return cfg
+from cnnlab.config import ConfigError, compose, validate
 
 
 def parse(args: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -93,15 +93,15 @@ class ClassifierModule(pl.LightningModule):
             self.objective.fit_class_weights(datamodule.train_labels())
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
     # ------------------------------------------------------------ steps
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Loss, class probabilities and the targets the metrics compare them with."""
         images, labels = batch
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        raw = self.model(images)
+        raw = self(images)
         return self.objective(raw, labels), self.objective.probabilities(raw.detach()), self._metric_targets(labels)
 
     def _metric_targets(self, labels: Tensor) -> Tensor:

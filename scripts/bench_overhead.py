@@ -31,7 +31,7 @@ CASES = {
 
 
 def compose(overrides: list[str]):
-    from cnnlab.lrfind import compose as compose_config
+    from cnnlab.config import compose as compose_config
 
     return compose_config(overrides)
 

@@ -9,8 +9,7 @@ import pytest
 from conftest import make_image_folder
 
 from cnnlab.cli import main
-from cnnlab.config import CONF_DIR
-from cnnlab.lrfind import compose
+from cnnlab.config import CONF_DIR, compose
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 QUICK = ["progress_bar=none", "trainer.max_epochs=1", "trainer.max_steps=2", "test=true"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnlab.build import build_datamodule, build_module
-from cnnlab.lrfind import compose
+from cnnlab.config import compose
 
 
 def losses_after_steps(module, batches, steps: int) -> list[float]:
@@ -15,8 +15,7 @@ def losses_after_steps(module, batches, steps: int) -> list[float]:
     out = []
     for _, (images, labels) in zip(range(steps), batches):
         optimizer.zero_grad()
-        loss = module.objective(module(images) if not module.channels_last else
-                                module.model(images.contiguous(memory_format=torch.channels_last)), labels)
+        loss = module.objective(module(images), labels)
         loss.backward()
         optimizer.step()
         out.append(loss.item())

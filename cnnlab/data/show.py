@@ -18,20 +18,16 @@ titled with their class names (the mixing weights after mixup/cutmix), from the 
 
 def compose_config(overrides: list[str]) -> tuple[Any, dict[str, str]]:
     """The config `cnnlab train` would run with these overrides (Hydra's compose API), and the group choices."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from hydra.core.hydra_config import HydraConfig
 
-    from cnnlab.config import CONF_DIR
+    from cnnlab.config import compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="data_show"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    choices = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if v is not None}
+    cfg = compose(overrides, job_name="data_show")
+    choices = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
     for override in overrides:  # a list of options (augmentation=[standard,mixup]) is not among the choices
         group, _, value = override.partition("=")
         if value.startswith("[") and group.isidentifier():
             choices[group] = "+".join(v.strip() for v in value.strip("[]").split(","))
-    with open_dict(cfg):
-        del cfg["hydra"]
     return cfg, choices
 
 
