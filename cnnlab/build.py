@@ -13,6 +13,7 @@ from cnnlab.data.augment import build_augmentation
 from cnnlab.data.datamodule import ImageDataModule
 from cnnlab.losses import Objective
 from cnnlab.module import ClassifierModule
+from cnnlab.speed import worker_count
 
 
 def build_objective(cfg: DictConfig) -> Objective:
@@ -40,7 +41,8 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
         batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, test_fraction=dataset.get("test_fraction"),
         data_seed=cfg.seeds.data, shuffle=cfg.get("shuffle", True),
         augmentation=build_augmentation(cfg.augmentation, seed=cfg.seeds.augment),
-        num_workers=cfg.num_workers,
+        num_workers=worker_count(cfg.get("num_workers")),
+        data_on_device=cfg.get("data_on_device", "auto"),
     )
 
 

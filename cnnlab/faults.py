@@ -241,15 +241,16 @@ class ResumeState(pl.Callback):
 class FiniteLossGuard(pl.Callback):
     """Stops training at a NaN or infinite loss, naming the step and the last finite loss.
 
-    The check stays on the device and is read every `check_every` steps, at each epoch's end and before every
-    checkpoint is written, so training pays no host sync per step and no checkpoint ever holds broken weights.
+    Each step only keeps its loss tensor; they are checked together (one host sync) every `check_every` steps, at
+    each epoch's end and before every checkpoint is written, so training pays no per-step sync or tensor work and
+    no checkpoint ever holds broken weights.
     """
 
     def __init__(self, check_every: int = 50):
         self.check_every = max(1, check_every)
-        self.pending: list[tuple[int, int, int]] = []  # (step, epoch, batch) of the steps not yet checked
-        self.first_bad: torch.Tensor | None = None  # index into pending of the first non-finite loss, or -1
-        self.last_finite: torch.Tensor | None = None  # the last finite loss before it
+        self.losses: list[torch.Tensor] = []  # the losses of the steps not yet checked
+        self.pending: list[tuple[int, int, int]] = []  # their (step, epoch, batch)
+        self.scale = 1  # Lightning divides the loss by accumulate_grad_batches; the message shows the real one
         self.last_good: tuple[int, float] | None = None  # (step, loss) of the last checked finite step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -257,14 +258,8 @@ class FiniteLossGuard(pl.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        loss = loss.detach() * trainer.accumulate_grad_batches
-        if self.first_bad is None or self.first_bad.device != loss.device:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-            self.last_finite = torch.full((), math.nan, dtype=loss.dtype, device=loss.device)
-        finite = torch.isfinite(loss)
-        clean = self.first_bad < 0
-        self.first_bad = torch.where(clean & ~finite, len(self.pending), self.first_bad)
-        self.last_finite = torch.where(clean & finite, loss, self.last_finite)
+        self.scale = trainer.accumulate_grad_batches
+        self.losses.append(loss.detach())
         self.pending.append((trainer.global_step, trainer.current_epoch + 1, batch_idx + 1))
         if len(self.pending) >= self.check_every or batch_idx + 1 >= trainer.num_training_batches:
             self.check()
@@ -277,16 +272,18 @@ class FiniteLossGuard(pl.Callback):
 
     def check(self) -> None:
         """Raise NonFiniteLoss if a step since the last check had a non-finite loss."""
-        if not self.pending or self.first_bad is None:
+        if not self.pending:
             return
-        first = int(self.first_bad)
-        if first < 0:
-            self.last_good = (self.pending[-1][0], float(self.last_finite))
-            self.pending = []
+        losses = torch.stack(self.losses).float() * self.scale
+        bad = (~torch.isfinite(losses)).nonzero()
+        pending, self.losses, self.pending = self.pending, [], []
+        if len(bad) == 0:
+            self.last_good = (pending[-1][0], float(losses[-1]))
             return
-        step, epoch, batch = self.pending[first]
+        first = int(bad[0])
+        step, epoch, batch = pending[first]
         if first > 0:
-            self.last_good = (self.pending[first - 1][0], float(self.last_finite))
+            self.last_good = (pending[first - 1][0], float(losses[first - 1]))
         before = (f"the last finite loss was {self.last_good[1]:.6g} at step {self.last_good[0]}"
                   if self.last_good else "no step had a finite loss")
         raise NonFiniteLoss(f"non-finite training loss at step {step} (epoch {epoch}, batch {batch}); {before}")
@@ -313,7 +310,7 @@ class FaultInjection(pl.Callback):
 
 def callbacks(cfg: Any, run_dir: Path, request: StopRequest) -> list[pl.Callback]:
     """The fault-handling callbacks of one run (GracefulStop last, so a checkpoint it saves follows the others)."""
-    result: list[pl.Callback] = [ResumeState(), FiniteLossGuard(cfg.trainer.get("log_every_n_steps") or 50)]
+    result: list[pl.Callback] = [ResumeState(), FiniteLossGuard()]
     inject = cfg.get("fault_injection") or {}
     if inject.get("signal_at_step") is not None or inject.get("nan_at_step") is not None:
         result.append(FaultInjection(inject.get("signal_at_step"), inject.get("signal", "SIGTERM"),

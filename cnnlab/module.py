@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -24,15 +24,38 @@ from cnnlab.losses import Objective
 from cnnlab.optim import RunLength, build_optimizer, build_scheduler
 
 
-def accuracy(num_classes: int, multilabel: bool = False) -> Metric:
-    """Top-1 accuracy; on multi-label data the fraction of label decisions (thresholded at 0.5) that are right.
+class EpochMeans(Metric):
+    """The sample-weighted mean loss and the accuracy of one epoch, kept as running sums on the loss's device.
 
-    Updated every training step, so it skips torchmetrics' input checks (value-range scans of the targets that
-    cost time and, on a GPU, a device sync per step); the data module already checked the labels once.
+    Multi-class accuracy is top-1; multi-label accuracy is the fraction of label decisions (thresholded at 0.5) that
+    are right. Updated every step, so it is three in-place additions: torchmetrics' MeanMetric and
+    MulticlassAccuracy cost ~0.25 ms a step on a small model (input checks, one-hot statistics). compute() reduces
+    the sums over DDP ranks, and the states travel in mid-epoch checkpoints (cnnlab.faults.ResumeState).
     """
-    if multilabel:
-        return MultilabelAccuracy(num_classes, threshold=0.5, average="micro", validate_args=False)
-    return MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    full_state_update = False
+
+    def __init__(self, multilabel: bool = False):
+        super().__init__()
+        self.multilabel = multilabel
+        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("samples", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("decisions", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor, probs: Tensor, targets: Tensor) -> None:
+        """`loss` is the batch mean; `probs` (B, C) and `targets` as ClassifierModule._step returns them."""
+        self.loss_sum += loss.detach().float() * len(targets)
+        self.samples += len(targets)
+        if self.multilabel:
+            self.correct += ((probs >= 0.5) == targets.bool()).sum()
+            self.decisions += targets.numel()
+        else:
+            self.correct += (probs.argmax(1) == targets).sum()
+            self.decisions += len(targets)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"loss": self.loss_sum / self.samples, "acc": self.correct / self.decisions}
 
 
 def multilabel_scores(num_classes: int) -> dict[str, Metric]:
@@ -47,7 +70,8 @@ def multilabel_scores(num_classes: int) -> dict[str, Metric]:
 def test_metrics(num_classes: int, multilabel: bool = False) -> MetricCollection:
     """Accuracy (top-1, top-5 where classes > 5), macro precision / recall / F1 and AUC-ROC; multi-label: F1, mAP."""
     if multilabel:
-        return MetricCollection({"acc": accuracy(num_classes, multilabel=True), **multilabel_scores(num_classes)})
+        return MetricCollection({"acc": MultilabelAccuracy(num_classes, threshold=0.5, average="micro"),
+                                 **multilabel_scores(num_classes)})
     metrics: dict[str, Any] = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "precision": MulticlassPrecision(num_classes, average="macro"),
@@ -75,12 +99,11 @@ class ClassifierModule(pl.LightningModule):
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.monitor, self.mode = monitor, mode
         self.config = config  # plain data, saved inside checkpoints for eval/predict/resume
-        # The epoch's mean loss as a metric, not a logged tensor, so a checkpoint taken mid-epoch can carry its
-        # running sum (cnnlab.faults.ResumeState); "disable" skips a per-step NaN check, which would sync the device.
-        self.train_loss = MeanMetric(nan_strategy="disable")
         self.multilabel = objective.multilabel
-        self.train_acc = accuracy(num_classes, self.multilabel)
-        self.val_acc = accuracy(num_classes, self.multilabel)
+        # Logged once per epoch, not per step: Lightning's self.log costs ~0.7 ms a call, the largest per-step cost
+        # next to a small model's own step (scripts/bench_overhead.py).
+        self.train_means = EpochMeans(self.multilabel)
+        self.val_means = EpochMeans(self.multilabel)
         self.val_scores = MetricCollection({k: v for k, v in multilabel_scores(num_classes).items()
                                             if k != "f1_label"}, prefix="val/") if self.multilabel else None
         self.test_scores = test_metrics(num_classes, self.multilabel)
@@ -112,32 +135,32 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, targets = self._step(batch)
-        self.train_acc.update(probs, targets)
-        self.train_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(targets)))
-        # Logged once per epoch (on_train_epoch_end), not here: Lightning's self.log costs ~0.7 ms a call, which
-        # was the largest per-step overhead next to a small model's own step (scripts/bench_overhead.py).
+        self.train_means.update(loss, probs, targets)
         return loss
 
     def epoch_train_metrics(self) -> dict[str, Tensor]:
         """The training loss and accuracy of the epoch so far (reduced over DDP ranks by the metrics)."""
-        if self.train_loss.update_count == 0:
+        if self.train_means.update_count == 0:
             return {}
-        return {"train/loss": self.train_loss.compute(), "train/acc": self.train_acc.compute()}
+        return {f"train/{name}": value for name, value in self.train_means.compute().items()}
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_train_metrics().items():
             self.log(name, value)
-        self.train_loss.reset()
-        self.train_acc.reset()
+        self.train_means.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, targets = self._step(batch)
-        self.val_acc.update(probs, targets)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(targets), prog_bar=True, sync_dist=True)
-        self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(targets), prog_bar=True)
+        self.val_means.update(loss, probs, targets)
         if self.val_scores is not None:
             self.val_scores.update(probs, targets)
             self.log_dict(self.val_scores, on_epoch=True, batch_size=len(targets))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_means.update_count:
+            for name, value in self.val_means.compute().items():
+                self.log(f"val/{name}", value, prog_bar=True)
+        self.val_means.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, targets = self._step(batch)
@@ -163,6 +186,12 @@ class ClassifierModule(pl.LightningModule):
         optimizer = build_optimizer(self.optimizer_cfg, self.model)
         schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))
         return ([optimizer], schedulers) if schedulers else optimizer
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's own path checks its settings at every step (~30 us) even with nothing to clip.
+        if gradient_clip_val:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------ checkpoints carry the config as plain data
     def on_save_checkpoint(self, checkpoint: dict) -> None:

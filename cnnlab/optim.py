@@ -134,17 +134,32 @@ def build_scheduler(node: Any, optimizer: torch.optim.Optimizer, run: RunLength)
         rest = replace(run, total_steps=None if run.total_steps is None else run.total_steps - warmup)
         main = instantiate(node, drop=WARMUP_KEYS, optimizer=optimizer, run=rest)
     ramp = linear_warmup(optimizer, warmup) if warmup else None
-    # One TensorBoard tag for the lr whatever the schedule, so runs of a sweep line up.
-    name = "lr-" + type(optimizer).__name__
     if isinstance(main, lr_scheduler.ReduceLROnPlateau):
-        # Stepped on the epoch's last batch, right after validation; `step` interval keeps the lr logged per step.
+        # Stepped on the epoch's last batch, right after validation.
         plateau = {"scheduler": main, "interval": "step", "frequency": run.batches_per_epoch,
-                   "monitor": run.monitor, "strict": True, "name": name}
-        return ([{"scheduler": ramp, "interval": "step", "name": name}] if ramp else []) + [plateau]
+                   "monitor": run.monitor, "strict": True}
+        return ([{"scheduler": ramp, "interval": "step"}] if ramp else []) + [plateau]
     if ramp is not None and main is not None:
         main = lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
     schedule = main if main is not None else ramp
-    return [] if schedule is None else [{"scheduler": schedule, "interval": "step", "name": name}]
+    return [] if schedule is None else [{"scheduler": schedule, "interval": "step"}]
+
+
+def lr_tags(optimizers: Sequence[torch.optim.Optimizer]) -> list[str]:
+    """TensorBoard tags of the lr of every parameter group, LearningRateMonitor's names: `lr-Adam`; with several
+    groups `lr-Adam/<group name>` (`decay`, `no_decay`) or `lr-Adam/pgN`; `lr-Adam-1` for a second Adam.
+    The same whatever the schedule, so the runs of a sweep line up."""
+    tags, seen = [], {}
+    for optimizer in optimizers:
+        name = type(optimizer).__name__
+        base = f"lr-{name}" + (f"-{seen[name]}" if name in seen else "")
+        seen[name] = seen.get(name, 0) + 1
+        groups = optimizer.param_groups
+        if len(groups) == 1:
+            tags.append(base)
+        else:
+            tags += [f"{base}/{group.get('name') or f'pg{i + 1}'}" for i, group in enumerate(groups)]
+    return tags
 
 
 def _total(run: RunLength, what: str) -> int:

@@ -144,5 +144,56 @@ class RunLog(pl.Callback):
             plot_curves(self.rows, self.run_dir / CURVES_FILE, self.title)
 
 
+class LearningRates(pl.Callback):
+    """The lr of every parameter group at every optimizer step, in TensorBoard as `lr-<Optimizer>[/pg<i>]`.
+
+    Lightning's LearningRateMonitor sends each step's lr through the loggers as the step begins, which cost ~0.3 ms a
+    step (the largest per-step cost next to a small model's own work). This reads the rates into a list and hands
+    them to the loggers every `flush_every` steps, at each epoch's end, before a checkpoint is written and when
+    training stops or fails, so TensorBoard ends up with the same points.
+    """
+
+    def __init__(self, flush_every: int = 200):
+        self.flush_every = flush_every
+        self.tags: list[str] = []
+        self.pending: list[tuple[int, list[float]]] = []  # (step, lr of each group) not yet written
+        self.last_step = -1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self.last_step:  # gradient accumulation: several batches, one optimizer step
+            return
+        self.last_step = step
+        optimizers = trainer.optimizers
+        self.pending.append((step, [group["lr"] for optimizer in optimizers for group in optimizer.param_groups]))
+        if len(self.pending) >= self.flush_every:
+            self.flush(trainer)
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        if not self.pending:
+            return
+        if not self.tags:
+            from cnnlab.optim import lr_tags
+
+            self.tags = lr_tags(trainer.optimizers)
+        pending, self.pending = self.pending, []
+        for logger in trainer.loggers:
+            for step, rates in pending:
+                logger.log_metrics(dict(zip(self.tags, rates)), step=step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.flush(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.flush(trainer)
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=False) + "\n")

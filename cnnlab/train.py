@@ -29,16 +29,17 @@ def _overrides() -> list[str]:
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, mode: str, title: str) -> list[Any]:
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping
 
-    from cnnlab.runlog import RunLog
+    from cnnlab.checkpoint import EpochCheckpoint
+    from cnnlab.runlog import LearningRates, RunLog
 
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
+        EpochCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=cfg.monitor, mode=mode,
                         save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
         # Every epoch's end (Lightning's save_last only follows the best): what resume and failures fall back on.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        LearningRateMonitor(logging_interval="step"),
+        EpochCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        LearningRates(),
         RunLog(run_dir, title=title),
     ]
     if cfg.early_stopping.enabled:
@@ -114,6 +115,9 @@ def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration in Hydra's run folder; returns the best monitored value."""
     validate(cfg)
     _quiet_libraries()
+    from cnnlab import speed
+
+    speed.set_threads(cfg.get("threads"))
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -152,12 +156,15 @@ def run(cfg: DictConfig) -> float | None:
         enable_model_summary=False,
         enable_progress_bar=cfg.progress_bar != "none",
     )
+    speed.skip_gpu_probe_per_step(trainer)
+    speed.compile_model(module, cfg.get("compile"), on_gpu=trainer.strategy.root_device.type == "cuda")
     summary: dict[str, Any] = {
         "status": "running", "error": None, "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
         "debug": cfg.debug.name if cfg.get("debug") else None,
         "experiment": cfg.experiment.name if cfg.get("experiment") else None,
         "host": socket.gethostname(), "pid": os.getpid(), "world_size": trainer.world_size,
+        "speed": speed.settings(cfg, trainer),
     }
     if resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
@@ -181,6 +188,7 @@ def run(cfg: DictConfig) -> float | None:
 
     rows = read_metrics(run_dir)
     best = best_epoch(rows, monitor_column, mode)
+    summary["speed"]["data_on_device"] = datamodule.splits_on_device()
     summary.update({
         "status": "completed",
         "epochs": len(rows),

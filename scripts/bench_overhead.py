@@ -2,11 +2,12 @@
 
 Same model (built by cnnlab's own builder, same seed), same data (preloaded tensors), same batch size and
 optimizer; cnnlab runs through the real `cnnlab train` entry point in this process. The two alternate, several
-repeats, and the medians are compared. Also prints start-up figures: `cnnlab --help`, `cnnlab list`,
-`cnnlab train --help`, `python -c "import pytorch_lightning"`, and command-to-first-training-step.
+repeats; the median images/s of each and the median of the per-pair time ratios are printed. Also prints start-up
+figures: `cnnlab --help`, `cnnlab list`, `cnnlab train --help`, `python -c "import pytorch_lightning"`, and
+command-to-first-training-step.
 
     python scripts/bench_overhead.py                  # lenet + mlp on Fashion-MNIST, resnet18 on synthetic 32x32x3
-    python scripts/bench_overhead.py --cases mlp --steps 300 --repeats 5
+    python scripts/bench_overhead.py --cases mlp --steps 300 --repeats 9 --threads 1
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def bare_loop(overrides: list[str], steps: int, batch_size: int) -> float:
 
     from cnnlab.build import build_datamodule, build_model
 
+    # A plain script never imports Lightning, which sets this and so makes every Adam step on a machine without a
+    # GPU probe for one (cnnlab unsets it on CPU runs too: cnnlab.speed.skip_gpu_probe_per_step).
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     cfg = compose(overrides)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
@@ -62,13 +66,14 @@ def bare_loop(overrides: list[str], steps: int, batch_size: int) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def cnnlab_run(overrides: list[str], steps: int, batch_size: int) -> float:
+def cnnlab_run(overrides: list[str], steps: int, batch_size: int, threads: int) -> float:
     """images/s of `cnnlab train` over the same number of steps (training epoch time, validation off)."""
     from cnnlab.cli import main
 
     with tempfile.TemporaryDirectory() as run_dir:
         code = main(["train", *overrides, f"batch_size={batch_size}", f"trainer.max_steps={steps}",
-                     "trainer.limit_val_batches=0", "test=false", "progress_bar=none", f"hydra.run.dir={run_dir}"])
+                     f"threads={threads}", "trainer.limit_val_batches=0", "test=false", "progress_bar=none",
+                     f"hydra.run.dir={run_dir}"])
         if code != 0:
             raise SystemExit(f"cnnlab train failed with exit code {code}")
         with (Path(run_dir) / "metrics.csv").open() as handle:
@@ -104,22 +109,30 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", default="auto", help="torch CPU threads for both (cnnlab's `threads` key)")
     parser.add_argument("--skip-startup", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17}")
+    from cnnlab.speed import set_threads
+
+    threads = set_threads(args.threads)
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; median of {args.repeats} "
+          f"alternating pairs of {args.steps} steps (batch {args.batch_size})")
+    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17}  per-pair ratios")
     for case in args.cases:
         bare, ours = [], []
         for _ in range(args.repeats):
             bare.append(bare_loop(CASES[case], args.steps, args.batch_size))
-            ours.append(cnnlab_run(CASES[case], args.steps, args.batch_size))
-        b, o = statistics.median(bare), statistics.median(ours)
-        print(f"{case:10} {b:12.0f} {o:13.0f} {b / o:17.3f}", flush=True)
+            ours.append(cnnlab_run(CASES[case], args.steps, args.batch_size, threads))
+        # Each pair ran back to back, so its ratio is steadier than the ratio of medians on a noisy machine.
+        ratios = [b / o for b, o in zip(bare, ours)]
+        pairs = " ".join(f"{r:.2f}" for r in ratios)
+        print(f"{case:10} {statistics.median(bare):12.0f} {statistics.median(ours):13.0f} "
+              f"{statistics.median(ratios):17.3f}  {pairs}", flush=True)
 
     if not args.skip_startup:
         python = sys.executable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -56,3 +57,46 @@ def test_multilabel_run_reports_per_label_f1_and_map(tmp_path: Path):
     assert "test/auroc" not in test  # single-label metrics do not apply
     assert all(0 <= value <= 1 for key, value in test.items() if key != "test/loss")
     assert test["test/map"] > 0.5, "labels are present 30% of the time: a learned ranking beats that"
+
+
+def test_epoch_means_equal_torchmetrics_over_uneven_batches():
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
+
+    from cnnlab.module import EpochMeans
+
+    torch.manual_seed(0)
+    means, labelwise = EpochMeans(), EpochMeans(multilabel=True)
+    mean_loss, top1 = MeanMetric(), MulticlassAccuracy(5, average="micro")
+    label_acc = MultilabelAccuracy(5, threshold=0.5, average="micro")
+    for size in (7, 64, 3):
+        probs, targets = torch.rand(size, 5).softmax(1), torch.randint(0, 5, (size,))
+        loss = torch.rand(())
+        means.update(loss, probs, targets)
+        mean_loss.update(loss, weight=size)
+        top1.update(probs, targets)
+        label_probs, label_targets = torch.rand(size, 5), torch.randint(0, 2, (size, 5))
+        labelwise.update(loss, label_probs, label_targets)
+        label_acc.update(label_probs, label_targets)
+    result = means.compute()
+    assert torch.isclose(result["loss"], mean_loss.compute())
+    assert torch.isclose(result["acc"], top1.compute())
+    assert torch.isclose(labelwise.compute()["acc"], label_acc.compute())
+    means.reset()
+    assert means.update_count == 0 and int(means.samples) == 0
+
+
+def test_gradient_clipping_by_value_bounds_every_update(tmp_path: Path):
+    from cnnlab.build import build_model
+    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.config import compose
+
+    overrides = ["dataset=synthetic", "model=mlp", "optimizer=sgd", "optimizer.lr=1.0", "optimizer.momentum=0.0"]
+    run = tmp_path / "run"
+    assert main(["train", *overrides, "trainer.max_steps=1", "trainer.gradient_clip_val=0.001",
+                 "+trainer.gradient_clip_algorithm=value", "test=false", "progress_bar=none",
+                 f"hydra.run.dir={run}"]) == 0
+    before = build_model(compose(overrides)).state_dict()
+    after = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    moves = [(after[f"model.{name}"] - weight).abs().max().item() for name, weight in before.items()]
+    assert max(moves) == pytest.approx(0.001, rel=1e-3)  # lr 1 x gradients clipped to +-0.001

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from cnnlab.cli import main
 from cnnlab.config import CONF_DIR, ConfigError
@@ -280,3 +281,27 @@ def test_each_schedule_state_loads_weights_only(name: str):
     torch.save([c["scheduler"].state_dict() for c in configs], buffer)
     buffer.seek(0)
     assert len(torch.load(buffer, weights_only=True)) == len(configs)
+
+
+def test_lr_tags_name_groups_and_repeated_optimizers():
+    from cnnlab.optim import lr_tags
+
+    one, two = nn.Linear(2, 2), nn.Linear(2, 2)
+    grouped = torch.optim.AdamW([{"params": one.parameters(), "name": "decay"},
+                                 {"params": two.parameters(), "name": "no_decay"}])
+    unnamed = torch.optim.AdamW([{"params": [one.weight]}, {"params": [one.bias]}])
+    assert lr_tags([torch.optim.SGD(one.parameters())]) == ["lr-SGD"]
+    assert lr_tags([grouped, unnamed]) == ["lr-AdamW/decay", "lr-AdamW/no_decay", "lr-AdamW-1/pg1", "lr-AdamW-1/pg2"]
+
+
+def test_each_parameter_group_has_its_lr_at_every_step(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(run, "optimizer=adamw", "optimizer.no_decay_bias_and_norm=true", "scheduler=cosine", "trainer.max_epochs=2")
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    decay, exempt = (events.Scalars(f"lr-AdamW/{name}") for name in ("decay", "no_decay"))
+    assert [e.step for e in decay] == [e.step for e in exempt] == list(range(16))
+    assert [e.value for e in decay] == [e.value for e in exempt]
+    assert decay[0].value > decay[-1].value

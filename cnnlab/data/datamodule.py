@@ -120,7 +120,7 @@ class InMemoryLoader:
         # A generator: nothing is read (and the epoch does not advance) until the first batch is drawn.
         epoch, start = self.epoch, self.start
         self.epoch, self.start, self.position = epoch + 1, 0, (epoch, start)
-        order = self._shard(self.order(epoch))
+        order = self._shard(self.order(epoch)).to(self.images.device)  # data on a GPU: cut batches there
         for batch in range(start, len(self)):
             index = order[batch * self.batch_size: (batch + 1) * self.batch_size]
             self.position = (epoch, batch + 1)
@@ -178,7 +178,7 @@ class ImageDataModule(pl.LightningDataModule):
                  class_names: Sequence[str] | None, mean: Sequence[float] | None, std: Sequence[float] | None,
                  batch_size: int, val_fraction: float, test_fraction: float | None = None,
                  data_seed: int = 0, shuffle: bool = True, augmentation: Augmentation | None = None,
-                 num_workers: int = 0, stats_samples: int = 2000):
+                 num_workers: int = 0, stats_samples: int = 2000, data_on_device: bool | str = "auto"):
         super().__init__()
         self.source = source
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
@@ -187,6 +187,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size, self.val_fraction, self.test_fraction = batch_size, val_fraction, test_fraction
         self.data_seed, self.shuffle = data_seed, shuffle
         self.num_workers, self.stats_samples = num_workers, stats_samples
+        self.data_on_device = data_on_device
+        self._device_splits: dict[str, tuple[Tensor, Tensor]] = {}  # splits copied to the training device
         self.augmentation = augmentation or Augmentation([], seed=0)
         self.splits: dict[str, tuple[Tensor | ImageFiles, Tensor]] = {}
         self.mean = self.std = None
@@ -254,9 +256,29 @@ class ImageDataModule(pl.LightningDataModule):
         if isinstance(images, ImageFiles):
             return StreamingLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
                                    num_workers=self.num_workers)
+        images, labels = self._on_device(split) or (images, labels)
         rank, world_size = getattr(self.trainer, "global_rank", 0), getattr(self.trainer, "world_size", 1)
         return InMemoryLoader(images, labels, self.batch_size, shuffle=shuffle, seed=self.data_seed,
                               rank=rank, world_size=world_size)
+
+    def splits_on_device(self) -> list[str]:
+        """The splits kept on the training device so far (data_on_device)."""
+        return sorted(self._device_splits)
+
+    def _on_device(self, split: str) -> tuple[Tensor, Tensor] | None:
+        """The split copied once to the GPU being trained on, when `data_on_device` asks for it (auto: a CUDA
+        device with four times the split's size free), so no batch is copied from the host; else None."""
+        strategy = getattr(self.trainer, "strategy", None)
+        device = strategy.root_device if strategy is not None else None
+        if self.data_on_device is False or device is None or device.type == "cpu":
+            return None
+        if split not in self._device_splits:
+            images, labels = self.splits[split]
+            if self.data_on_device == "auto":
+                if device.type != "cuda" or 4 * (images.nbytes + labels.nbytes) > torch.cuda.mem_get_info(device)[0]:
+                    return None
+            self._device_splits[split] = (images.to(device), labels.to(device))
+        return self._device_splits[split]
 
     def train_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("train", shuffle=self.shuffle)

@@ -329,11 +329,12 @@ def svhn(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/svhn"
 # ---------------------------------------------------------------- folders of images
 
 def imagefolder(root: str, channels: int, image_size: int, cache: bool | str = "auto", cache_max_mb: float = 2048,
-                num_workers: int = 0) -> Arrays:
+                num_workers: int | str = "auto") -> Arrays:
     """A folder-per-class image tree: decoded into memory when it fits, else streamed (cnnlab.data.folders)."""
     from cnnlab.data.folders import scan
+    from cnnlab.speed import worker_count
 
-    return scan(root, channels, image_size, cache, cache_max_mb, num_workers)
+    return scan(root, channels, image_size, cache, cache_max_mb, worker_count(num_workers))
 
 
 # ---------------------------------------------------------------- offline sets
