@@ -127,7 +127,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.config import monitor_mode
     from cnnlab.diagnosis import diagnose
     from cnnlab.distributed import local_ranks
-    from cnnlab.runlog import RunLog, best_epoch, read_metrics, write_summary
+    from cnnlab.runlog import CallbackGroup, RunLog, best_epoch, read_metrics, write_summary
 
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -151,7 +151,7 @@ def run(cfg: DictConfig) -> float | None:
         **trainer_kwargs(cfg),
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=_callbacks(cfg, run_dir, mode, title) + faults.callbacks(cfg, run_dir, stop),
+        callbacks=CallbackGroup.grouped(_callbacks(cfg, run_dir, mode, title) + faults.callbacks(cfg, run_dir, stop)),
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         enable_progress_bar=cfg.progress_bar != "none",
@@ -199,7 +199,8 @@ def run(cfg: DictConfig) -> float | None:
         "final": rows[-1] if rows else None,
         "test": test_metrics,
         "duration_s": round(time.time() - started, 2),
-        "first_step_at": next((c.first_step_at for c in trainer.callbacks if isinstance(c, RunLog)), None),
+        "first_step_at": next((c.first_step_at for c in CallbackGroup.flat(trainer.callbacks)
+                               if isinstance(c, RunLog)), None),
         "diagnosis": diagnose(rows, monitor=monitor_column, mode=mode, patience=cfg.early_stopping.patience,
                               min_delta=cfg.early_stopping.min_delta, **cfg.diagnosis),
     })
