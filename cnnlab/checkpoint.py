@@ -39,7 +39,8 @@ class EpochCheckpoint(ModelCheckpoint):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._key = super().state_key
+        # ModelCheckpoint's own key, so checkpoints written before this class existed restore the best score.
+        self._key = super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     @property
     def state_key(self) -> str:

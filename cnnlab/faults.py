@@ -187,7 +187,9 @@ def metric_states(module: torch.nn.Module) -> dict[str, Any]:
 def set_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
     metrics = dict(module.named_modules())
     for name, saved in states.items():
-        metric = metrics[name]
+        metric = metrics.get(name)
+        if metric is None:  # a checkpoint from an older cnnlab (other metric names): the epoch's means restart
+            continue
         for key, value in saved["state"].items():
             device = metric.device
             setattr(metric, key, [v.to(device) for v in value] if isinstance(value, list) else value.to(device))

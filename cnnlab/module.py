@@ -28,7 +28,7 @@ class EpochMeans(Metric):
     """The sample-weighted mean loss and the accuracy of one epoch, kept as running sums on the loss's device.
 
     Multi-class accuracy is top-1; multi-label accuracy is the fraction of label decisions (thresholded at 0.5) that
-    are right. Updated every step, so it is three in-place additions: torchmetrics' MeanMetric and
+    are right. Updated every step, so it is a few in-place additions: torchmetrics' MeanMetric and
     MulticlassAccuracy cost ~0.25 ms a step on a small model (input checks, one-hot statistics). compute() reduces
     the sums over DDP ranks, and the states travel in mid-epoch checkpoints (cnnlab.faults.ResumeState).
     """
@@ -48,7 +48,7 @@ class EpochMeans(Metric):
         self.loss_sum += loss.detach().float() * len(targets)
         self.samples += len(targets)
         if self.multilabel:
-            self.correct += ((probs >= 0.5) == targets.bool()).sum()
+            self.correct += ((probs > 0.5) == targets.bool()).sum()  # torchmetrics' rule: > threshold
             self.decisions += targets.numel()
         else:
             self.correct += (probs.argmax(1) == targets).sum()

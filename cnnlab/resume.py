@@ -21,7 +21,8 @@ from cnnlab.config import ConfigError
 
 # Keys a resumed run may change: how long it trains, where and how fast, what it prints and whether it tests at the end.
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.accelerator", "trainer.devices", "progress_bar",
-             "test", "data_dir", "num_workers", "threads", "compile", "data_on_device", "ckpt_path")
+             "test", "data_dir", "num_workers", "dataset.source.num_workers", "threads", "compile", "data_on_device",
+             "trainer.log_every_n_steps", "ckpt_path")
 LAST = Path("checkpoints") / "last.ckpt"
 _PLAIN = re.compile(r"^[\w./:@~+-]*$")
 

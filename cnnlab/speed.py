@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,15 @@ def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     return None
 
 
+_TORCH_DEFAULT: list[int] = []  # torch's own thread count, read before cnnlab first changes it
+
+
 def thread_count(value: Any) -> int:
-    """torch intra-op threads: `auto` is every available CPU (available_cpus), else the given count."""
-    return available_cpus() if value in (None, "auto") else int(value)
+    """torch intra-op threads: `auto` is the available CPUs, but never more than torch's own default (its count of
+    physical cores, or OMP_NUM_THREADS: hyper-threads and efficiency cores would only slow it down)."""
+    if value not in (None, "auto"):
+        return int(value)
+    return min(available_cpus(), _TORCH_DEFAULT[0]) if _TORCH_DEFAULT else available_cpus()
 
 
 def worker_count(value: Any) -> int:
@@ -60,8 +68,11 @@ def worker_count(value: Any) -> int:
 
 
 def set_threads(value: Any) -> int:
+    """Set torch's CPU threads (run_environment also exports an explicit count for the run's duration)."""
     import torch
 
+    if not _TORCH_DEFAULT:
+        _TORCH_DEFAULT.append(torch.get_num_threads())
     count = thread_count(value)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
@@ -78,17 +89,22 @@ def compile_mode(value: Any) -> str | None:
 def compile_model(module: Any, value: Any, on_gpu: bool) -> None:
     """torch.compile the network in place (nn.Module.compile: its state_dict keys, so checkpoints, stay the same).
 
-    The first steps are slow while it compiles; on the CPU inductor builds C++ and needs a compiler.
+    The first steps are slow while it compiles. Inductor builds C++ on the CPU and, through Triton, a small C
+    launcher on a GPU: without that compiler it would fail at the first step with a long trace.
     """
     mode = compile_mode(value)
     if mode is None:
         return
-    if not on_gpu and not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
+    names = ("CC", "gcc", "clang", "cc") if on_gpu else ("CXX", "g++", "clang++", "c++")
+    candidates = [os.environ.get(names[0], "")] + list(names[1:])
+    if not any(shutil.which(name) for name in candidates if name):
         from cnnlab.config import ConfigError
 
+        kind, package = ("C", "gcc") if on_gpu else ("C++", "g++")
         raise ConfigError("compile", value, message=(
-            f"compile={value} on the CPU needs a C++ compiler (g++ or clang++) on PATH, or CXX set to one; "
-            "install one (e.g. apt-get install g++) or leave compile=false"))
+            f"compile={value} on the {'GPU' if on_gpu else 'CPU'} needs a {kind} compiler ({names[1]} or "
+            f"{names[2]}) on PATH, or {names[0]} set to one; install one (e.g. apt-get install {package}) or leave "
+            "compile=false"))
     module.model.compile(mode=mode)
 
 
@@ -101,15 +117,34 @@ def settings(cfg: Any, trainer: Any) -> dict[str, Any]:
             "channels_last": bool(cfg.get("channels_last", False)), "compile": compile_mode(cfg.get("compile"))}
 
 
-def skip_gpu_probe_per_step(trainer: Any) -> None:
-    """On a CPU run, stop torch re-probing for a GPU at every optimizer step.
+@contextmanager
+def run_environment(cfg: Any, trainer: Any) -> Iterator[None]:
+    """Environment variables for the run's duration, put back afterwards (the next job of a sweep in this process
+    starts from the user's own environment).
 
-    Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (so that checking for CUDA does not break later forks); with it,
-    torch.cuda.is_available() tries to load NVML at each call, and Adam/AdamW ask at every step
-    (Optimizer._accelerator_graph_capture_health_check): ~60 us a step on a machine without a GPU driver. A run on
-    the CPU never forks a CUDA user, so the plain check (~1 us) is safe.
+    - OMP_NUM_THREADS = an explicit `threads` count: Lightning's DDP launcher would otherwise replace it by
+      CPUs / processes (what `auto` leaves it to do), and DDP processes cnnlab starts inherit it.
+    - PYTORCH_NVML_BASED_CUDA_CHECK unset on a CPU run. Lightning sets it (so that checking for CUDA does not break
+      later forks); with it, torch.cuda.is_available() tries to load NVML at each call, and Adam/AdamW ask at every
+      step (Optimizer._accelerator_graph_capture_health_check): ~60 us a step on a machine without a GPU driver.
+      A run on the CPU never forks a CUDA user, so the plain check (~1 us) is safe.
     """
     from pytorch_lightning.accelerators import CPUAccelerator
 
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", _NVML_CHECK)}
+    threads = cfg.get("threads", "auto")
+    if threads not in (None, "auto"):
+        os.environ["OMP_NUM_THREADS"] = str(thread_count(threads))
     if isinstance(trainer.accelerator, CPUAccelerator):
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        os.environ.pop(_NVML_CHECK, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"

@@ -115,13 +115,10 @@ def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration in Hydra's run folder; returns the best monitored value."""
     validate(cfg)
     _quiet_libraries()
-    from cnnlab import speed
-
-    speed.set_threads(cfg.get("threads"))
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from cnnlab import faults, resume
+    from cnnlab import faults, resume, speed
     from cnnlab.build import build_datamodule, build_module, plain_config
     from cnnlab.checkpoint import AtomicCheckpointIO
     from cnnlab.config import monitor_mode
@@ -156,7 +153,7 @@ def run(cfg: DictConfig) -> float | None:
         enable_model_summary=False,
         enable_progress_bar=cfg.progress_bar != "none",
     )
-    speed.skip_gpu_probe_per_step(trainer)
+    speed.set_threads(cfg.get("threads"))
     speed.compile_model(module, cfg.get("compile"), on_gpu=trainer.strategy.root_device.type == "cuda")
     summary: dict[str, Any] = {
         "status": "running", "error": None, "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
@@ -174,7 +171,8 @@ def run(cfg: DictConfig) -> float | None:
     test_metrics: dict[str, float] = {}
     checkpoint = trainer.checkpoint_callback
     # DDP on one machine: the other ranks run beside this one (local_ranks starts and joins them).
-    with local_ranks(trainer), stop, faults.recorded(run_dir, summary, started, trainer):
+    with local_ranks(trainer), stop, faults.recorded(run_dir, summary, started, trainer), \
+            speed.run_environment(cfg, trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if cfg.test:
             ckpt = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -188,7 +186,7 @@ def run(cfg: DictConfig) -> float | None:
 
     rows = read_metrics(run_dir)
     best = best_epoch(rows, monitor_column, mode)
-    summary["speed"]["data_on_device"] = datamodule.splits_on_device()
+    summary["speed"].update(speed.settings(cfg, trainer), data_on_device=datamodule.splits_on_device())
     summary.update({
         "status": "completed",
         "epochs": len(rows),

@@ -1,19 +1,19 @@
 """How much does cnnlab cost over a bare PyTorch loop? Prints median images/s of each and their ratio.
 
 Same model (built by cnnlab's own builder, same seed), same data (preloaded tensors), same batch size and
-optimizer; cnnlab runs through the real `cnnlab train` entry point in this process. The two alternate, several
-repeats; the median images/s of each and the median of the per-pair time ratios are printed. Also prints start-up
-figures: `cnnlab --help`, `cnnlab list`, `cnnlab train --help`, `python -c "import pytorch_lightning"`, and
+optimizer; cnnlab runs through the real `cnnlab train` entry point in this process, and the bare loop runs in
+chunks between cnnlab's steps (see `interleaved`), so both meet the same machine speed. Several runs; the median
+images/s of each and the median of the per-run time ratios are printed. Also prints start-up figures:
+`cnnlab --help`, `cnnlab list`, `cnnlab train --help`, `python -c "import pytorch_lightning"`, and
 command-to-first-training-step.
 
     python scripts/bench_overhead.py                  # lenet + mlp on Fashion-MNIST, resnet18 on synthetic 32x32x3
-    python scripts/bench_overhead.py --cases mlp --steps 300 --repeats 9 --threads 1
+    python scripts/bench_overhead.py --cases mlp --steps 600 --repeats 7 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 CASES = {
     "lenet": ["model=lenet", "dataset=fashion_mnist"],
@@ -37,49 +38,88 @@ def compose(overrides: list[str]):
     return compose_config(overrides)
 
 
-def bare_loop(overrides: list[str], steps: int, batch_size: int) -> float:
-    """images/s of the tightest plain loop: preloaded normalised tensors, model, Adam, cross-entropy."""
-    import torch
-    import torch.nn.functional as F
+class BareLoop:
+    """The tightest plain loop: preloaded normalised tensors, the same model (cnnlab's builder, same seed), Adam,
+    cross-entropy. `steps(n)` runs n more steps and returns their seconds."""
 
-    from cnnlab.build import build_datamodule, build_model
+    def __init__(self, overrides: list[str], batch_size: int):
+        import torch
 
-    # A plain script never imports Lightning, which sets this and so makes every Adam step on a machine without a
-    # GPU probe for one (cnnlab unsets it on CPU runs too: cnnlab.speed.skip_gpu_probe_per_step).
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    cfg = compose(overrides)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
-    images, labels = datamodule.splits["train"]
-    inputs = datamodule.normalize(images)  # preloaded float tensors: the bare loop's best case
-    model = build_model(cfg)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    for step in range(steps):
-        index = order[(step * batch_size) % (len(labels) - batch_size):][:batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs[index]), labels[index])
-        loss.backward()
-        optimizer.step()
-    return steps * batch_size / (time.perf_counter() - start)
+        from cnnlab.build import build_datamodule, build_model
+
+        cfg = compose(overrides)
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+        images, self.labels = datamodule.splits["train"]
+        self.inputs = datamodule.normalize(images)  # preloaded float tensors: the bare loop's best case
+        self.model = build_model(cfg)
+        self.model.train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optimizer.lr)
+        self.order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(0))
+        self.batch_size, self.done = batch_size, 0
+
+    def steps(self, count: int) -> float:
+        import torch.nn.functional as F
+
+        # A plain script never imports Lightning, which sets this and so makes every Adam step on a machine without
+        # a GPU probe for one (cnnlab unsets it on CPU runs too: cnnlab.speed.skip_gpu_probe_per_step).
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        start = time.perf_counter()
+        for _ in range(count):
+            first = (self.done * self.batch_size) % (len(self.labels) - self.batch_size)
+            index = self.order[first:first + self.batch_size]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(self.inputs[index]), self.labels[index])
+            loss.backward()
+            self.optimizer.step()
+            self.done += 1
+        return time.perf_counter() - start
 
 
-def cnnlab_run(overrides: list[str], steps: int, batch_size: int, threads: int) -> float:
-    """images/s of `cnnlab train` over the same number of steps (training epoch time, validation off)."""
+def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int, chunk: int) -> tuple[float, float]:
+    """(bare, cnnlab) images/s from one `cnnlab train` run with the bare loop run in between its steps.
+
+    Every `chunk` training steps, a callback runs `chunk` bare steps and times them; cnnlab's time is the time
+    between its batch starts, less those pauses. Both thus run in the same few hundred milliseconds again and
+    again, so a machine whose speed drifts by +-20% from second to second (this one) still gives a steady ratio.
+    """
+    import pytorch_lightning as pl
+
+    import cnnlab.train
     from cnnlab.cli import main
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        code = main(["train", *overrides, f"batch_size={batch_size}", f"trainer.max_steps={steps}",
-                     f"threads={threads}", "trainer.limit_val_batches=0", "test=false", "progress_bar=none",
-                     f"hydra.run.dir={run_dir}"])
-        if code != 0:
-            raise SystemExit(f"cnnlab train failed with exit code {code}")
-        with (Path(run_dir) / "metrics.csv").open() as handle:
-            rows = list(csv.DictReader(handle))
-    seconds = sum(float(r["epoch_time_s"]) for r in rows)
-    return steps * batch_size / seconds
+    bare = BareLoop(overrides, batch_size)
+    bare.steps(3)  # warm-up, as cnnlab's first steps are not timed either
+
+    class Interleave(pl.Callback):
+        def __init__(self) -> None:
+            self.mark: float | None = None
+            self.ours = self.theirs = 0.0
+            self.timed = 0
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            now = time.perf_counter()
+            if self.mark is not None and trainer.global_step > 3:  # steps 1-3 warm up
+                self.ours += now - self.mark
+                self.timed += 1
+                if self.timed % chunk == 0:
+                    self.theirs += bare.steps(chunk)
+            self.mark = time.perf_counter()
+
+    probe = Interleave()
+    callbacks = cnnlab.train._callbacks
+    cnnlab.train._callbacks = lambda *args, **kwargs: [*callbacks(*args, **kwargs), probe]
+    try:
+        with tempfile.TemporaryDirectory() as run_dir:
+            code = main(["train", *overrides, f"batch_size={batch_size}", f"trainer.max_steps={steps + 4}",
+                         f"threads={threads}", "trainer.limit_val_batches=0", "test=false", "progress_bar=none",
+                         f"hydra.run.dir={run_dir}"])
+    finally:
+        cnnlab.train._callbacks = callbacks
+    if code != 0:
+        raise SystemExit(f"cnnlab train failed with exit code {code}")
+    bare_steps = probe.timed // chunk * chunk
+    return bare_steps * batch_size / probe.theirs, probe.timed * batch_size / probe.ours
 
 
 def timed(command: list[str], repeats: int = 3) -> float:
@@ -109,7 +149,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=10, help="bare steps run after every this many cnnlab steps")
     parser.add_argument("--threads", default="auto", help="torch CPU threads for both (cnnlab's `threads` key)")
     parser.add_argument("--skip-startup", action="store_true")
     args = parser.parse_args()
@@ -120,19 +161,19 @@ def main() -> None:
     from cnnlab.speed import set_threads
 
     threads = set_threads(args.threads)
-    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; median of {args.repeats} "
-          f"alternating pairs of {args.steps} steps (batch {args.batch_size})")
-    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17}  per-pair ratios")
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; {args.steps} steps (batch "
+          f"{args.batch_size}) a run, bare steps interleaved every {args.chunk}; median of {args.repeats} runs")
+    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17}  per-run ratios")
     for case in args.cases:
-        bare, ours = [], []
+        bare, ours, ratios = [], [], []
         for _ in range(args.repeats):
-            bare.append(bare_loop(CASES[case], args.steps, args.batch_size))
-            ours.append(cnnlab_run(CASES[case], args.steps, args.batch_size, threads))
-        # Each pair ran back to back, so its ratio is steadier than the ratio of medians on a noisy machine.
-        ratios = [b / o for b, o in zip(bare, ours)]
-        pairs = " ".join(f"{r:.2f}" for r in ratios)
+            theirs, mine = interleaved(CASES[case], args.steps, args.batch_size, threads, args.chunk)
+            bare.append(theirs)
+            ours.append(mine)
+            ratios.append(theirs / mine)
+        runs = " ".join(f"{r:.2f}" for r in ratios)
         print(f"{case:10} {statistics.median(bare):12.0f} {statistics.median(ours):13.0f} "
-              f"{statistics.median(ratios):17.3f}  {pairs}", flush=True)
+              f"{statistics.median(ratios):17.3f}  {runs}", flush=True)
 
     if not args.skip_startup:
         python = sys.executable

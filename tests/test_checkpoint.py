@@ -170,3 +170,13 @@ def test_a_checkpoint_with_pickled_code_is_refused(tmp_path: Path):
     torch.save({"state_dict": {}, "cnnlab": {}, "payload": Path("/")}, path)  # any non-weights object
     with pytest.raises(ConfigError, match="refusing to load checkpoint .* pickled Python objects"):
         load_checkpoint(path)
+
+
+def test_epoch_checkpoint_keeps_model_checkpoints_state_key(tmp_path):
+    """Checkpoints written with Lightning's ModelCheckpoint still restore the best score into EpochCheckpoint."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from cnnlab.checkpoint import EpochCheckpoint
+
+    settings = {"dirpath": tmp_path, "filename": "best", "monitor": "val/acc", "mode": "max"}
+    assert EpochCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key

@@ -130,3 +130,13 @@ def test_resume_with_more_epochs_continues_a_finished_run(tmp_path: Path, uninte
     reference = load_checkpoint(uninterrupted / "checkpoints" / "last.ckpt")
     assert all(torch.equal(resumed["state_dict"][k], v) for k, v in reference["state_dict"].items())
     assert "trainer.max_epochs=2" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_metric_states_of_an_older_checkpoint_are_skipped_by_name():
+    from cnnlab.faults import set_metric_states
+    from cnnlab.module import EpochMeans
+
+    module = torch.nn.Module()
+    module.train_means = EpochMeans()
+    set_metric_states(module, {"train_loss": {"state": {"mean_value": torch.tensor(1.0)}, "update_count": 3}})
+    assert module.train_means.update_count == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cnnlab.build import build_datamodule
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
 from cnnlab.config import compose
+from cnnlab.runlog import RunLog
 
 QUICK = ["dataset=synthetic", "model=mlp", "progress_bar=none"]
 
@@ -33,18 +35,28 @@ def test_cgroup_quota_is_read_from_v1_and_v2_files(tmp_path: Path, files: dict[s
 
 
 def test_auto_threads_and_workers_follow_the_available_cpus(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(speed, "_TORCH_DEFAULT", [32])  # torch's own default: the host's 32 physical cores
     monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(speed, "_cgroup_quota", lambda: 2)  # a 2-CPU container on a 64-core host
+    monkeypatch.setattr(speed, "_cgroup_quota", lambda: 2)  # a 2-CPU container on that host
     assert speed.available_cpus() == 2
     assert (speed.thread_count("auto"), speed.worker_count("auto")) == (2, 1)
-    monkeypatch.setattr(speed, "_cgroup_quota", lambda: None)
-    assert (speed.thread_count("auto"), speed.worker_count("auto")) == (64, speed.MAX_AUTO_WORKERS)
+    monkeypatch.setattr(speed, "_cgroup_quota", lambda: None)  # the whole host: physical cores, not hyper-threads
+    assert (speed.thread_count("auto"), speed.worker_count("auto")) == (32, speed.MAX_AUTO_WORKERS)
     monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0})
     assert (speed.thread_count("auto"), speed.worker_count("auto")) == (1, 0)
     assert (speed.thread_count(3), speed.worker_count(5)) == (3, 5)
 
 
-def test_a_run_uses_and_records_its_thread_count(tmp_path: Path):
+def test_a_run_uses_and_records_its_thread_count_and_leaves_the_environment_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    seen = {}
+
+    def watch(self, *args, **kwargs):
+        seen.update({name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "PYTORCH_NVML_BASED_CUDA_CHECK")})
+
+    monkeypatch.setattr(RunLog, "on_train_start", watch, raising=False)
     before = torch.get_num_threads()
     try:
         assert main(["train", *QUICK, "threads=1", "trainer.max_steps=2", "test=false",
@@ -52,6 +64,8 @@ def test_a_run_uses_and_records_its_thread_count(tmp_path: Path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+    assert seen == {"OMP_NUM_THREADS": "1", "PYTORCH_NVML_BASED_CUDA_CHECK": None}  # while it trained
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
     recorded = json.loads((tmp_path / "summary.json").read_text())["speed"]
     assert recorded["threads"] == 1 and recorded["device"] == "cpu" and recorded["compile"] is None
     assert recorded["data_on_device"] == []  # a CPU run keeps its data where it is
