@@ -46,3 +46,41 @@ def test_channels_last_trains_to_the_same_loss():
     assert torch.allclose(torch.tensor(fast), torch.tensor(plain), rtol=1e-4, atol=1e-5)
     assert fast[-1] < fast[0]
     assert F.mse_loss(torch.tensor(fast), torch.tensor(plain)) < 1e-8
+
+
+def test_splits_normalised_up_front_train_exactly_like_per_batch_conversion(tmp_path, monkeypatch):
+    """On the CPU, splits no augmentation touches are normalised once; the run's numbers stay bit-identical."""
+    import csv
+    import json
+
+    from cnnlab.cli import main
+    from cnnlab.data import datamodule as dm
+
+    def run(name: str) -> list[dict]:
+        assert main(["train", "dataset=synthetic", "model=lenet", "trainer.max_epochs=2", "progress_bar=none",
+                     f"hydra.run.dir={tmp_path / name}"]) == 0
+        with (tmp_path / name / "metrics.csv").open() as handle:
+            rows = [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(handle)]
+        return rows + [json.loads((tmp_path / name / "summary.json").read_text())["test"]]
+
+    up_front = run("up_front")
+    monkeypatch.setattr(dm, "NORMALIZED_MAX_BYTES", 0)  # every split converted batch by batch, as on a GPU
+    assert run("per_batch") == up_front
+
+
+def test_a_cpu_trainer_gets_float_batches_cut_from_the_normalised_split():
+    from types import SimpleNamespace
+
+    cfg = compose(["dataset=synthetic", "model=lenet", "shuffle=false"])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    plain = [datamodule.normalize(x) for _, (x, _) in zip(range(3), datamodule.train_dataloader())]
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), training=True)
+    fast = [x for _, (x, _) in zip(range(3), datamodule.train_dataloader())]
+    assert all(torch.equal(a, b) for a, b in zip(plain, fast)) and fast[0].dtype == torch.float32
+    assert datamodule.on_after_batch_transfer((fast[0], None), 0)[0] is fast[0]
+    augmented = build_datamodule(compose(["dataset=synthetic", "model=lenet", "augmentation=flip"]))
+    augmented.setup("fit")
+    augmented.trainer = datamodule.trainer
+    assert augmented.train_dataloader().images.dtype == torch.uint8  # augmentations need the raw images
+    assert augmented.val_dataloader().images.dtype == torch.float32
