@@ -3,12 +3,15 @@
 Same model (built by cnnlab's own builder, same seed), same data (preloaded tensors), same batch size and
 optimizer; cnnlab runs through the real `cnnlab train` entry point in this process, and the bare loop runs in
 chunks between cnnlab's steps (see `interleaved`), so both meet the same machine speed. Several runs; the median
-images/s of each and the median of the per-run time ratios are printed. Also prints start-up figures:
+images/s of each and the median of the per-run time ratios are printed, and for reference the same ratio for a
+minimal LightningModule on the bare loop's batches (what Lightning's own loop costs). Also prints start-up figures:
 `cnnlab --help`, `cnnlab list`, `cnnlab train --help`, `python -c "import pytorch_lightning"`, and
 command-to-first-training-step.
 
-    python scripts/bench_overhead.py                  # lenet + mlp on Fashion-MNIST, resnet18 on synthetic 32x32x3
+    python scripts/bench_overhead.py                  # lenet + mlp on Fashion-MNIST
     python scripts/bench_overhead.py --cases mlp --steps 600 --repeats 7 --threads 1
+    python scripts/bench_overhead.py --cases resnet18 --steps 30 --repeats 3 --chunk 5 --skip-floor  # synthetic
+                                                      # 32x32x3; ~1.4 s a step on 2 CPUs
 """
 
 from __future__ import annotations
@@ -76,20 +79,14 @@ class BareLoop:
         return time.perf_counter() - start
 
 
-def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int, chunk: int) -> tuple[float, float]:
-    """(bare, cnnlab) images/s from one `cnnlab train` run with the bare loop run in between its steps.
+def interleave_probe(bare: BareLoop, chunk: int) -> Any:
+    """A callback that times a Lightning run between batch starts and runs `chunk` bare steps every `chunk` steps.
 
-    Every `chunk` training steps, a callback runs `chunk` bare steps and times them; cnnlab's time is the time
-    between its batch starts, less those pauses. Both thus run in the same few hundred milliseconds again and
-    again, so a machine whose speed drifts by +-20% from second to second (this one) still gives a steady ratio.
+    cnnlab's (or Lightning's) time is the time between its batch starts, less those pauses. Both thus run in the
+    same few hundred milliseconds again and again, so a machine whose speed drifts by +-20% from second to second
+    (this one) still gives a steady ratio.
     """
     import pytorch_lightning as pl
-
-    import cnnlab.train
-    from cnnlab.cli import main
-
-    bare = BareLoop(overrides, batch_size)
-    bare.steps(3)  # warm-up, as cnnlab's first steps are not timed either
 
     class Interleave(pl.Callback):
         def __init__(self) -> None:
@@ -106,7 +103,20 @@ def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int,
                     self.theirs += bare.steps(chunk)
             self.mark = time.perf_counter()
 
-    probe = Interleave()
+        def images_per_second(self, batch_size: int) -> tuple[float, float]:
+            """(bare, run) images/s."""
+            return self.timed // chunk * chunk * batch_size / self.theirs, self.timed * batch_size / self.ours
+
+    bare.steps(3)  # warm-up, as the run's first steps are not timed either
+    return Interleave()
+
+
+def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int, chunk: int) -> tuple[float, float]:
+    """(bare, cnnlab) images/s from one `cnnlab train` run with the bare loop run in between its steps."""
+    import cnnlab.train
+    from cnnlab.cli import main
+
+    probe = interleave_probe(BareLoop(overrides, batch_size), chunk)
     callbacks = cnnlab.train._callbacks
     cnnlab.train._callbacks = lambda *args, **kwargs: [*callbacks(*args, **kwargs), probe]
     try:
@@ -118,8 +128,47 @@ def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int,
         cnnlab.train._callbacks = callbacks
     if code != 0:
         raise SystemExit(f"cnnlab train failed with exit code {code}")
-    bare_steps = probe.timed // chunk * chunk
-    return bare_steps * batch_size / probe.theirs, probe.timed * batch_size / probe.ours
+    return probe.images_per_second(batch_size)
+
+
+def lightning_floor(overrides: list[str], steps: int, batch_size: int, chunk: int) -> tuple[float, float]:
+    """(bare, minimal Lightning) images/s: a LightningModule with just the model, cross-entropy and Adam, fed the
+    bare loop's preloaded batches, no logger, checkpoints or other callbacks. What Lightning's loop costs alone."""
+    import pytorch_lightning as pl
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlab.build import build_model
+
+    bare = BareLoop(overrides, batch_size)
+    probe = interleave_probe(bare, chunk)
+    cfg = compose(overrides)
+
+    class Batches:
+        def __len__(self) -> int:
+            return steps + 4
+
+        def __iter__(self) -> Any:
+            for step in range(steps + 4):
+                index = bare.order[step * batch_size:(step + 1) * batch_size]
+                yield bare.inputs[index], bare.labels[index]
+
+    class Minimal(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = build_model(cfg)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return F.cross_entropy(self.model(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.model.parameters(), lr=cfg.optimizer.lr)
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[probe], limit_val_batches=0, accelerator="cpu")
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as cnnlab does on the CPU
+    trainer.fit(Minimal(), train_dataloaders=Batches())
+    return probe.images_per_second(batch_size)
 
 
 def timed(command: list[str], repeats: int = 3) -> float:
@@ -146,13 +195,15 @@ def first_step_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--cases", nargs="+", default=["lenet", "mlp"], choices=list(CASES))
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=10, help="bare steps run after every this many cnnlab steps")
     parser.add_argument("--threads", default="auto", help="torch CPU threads for both (cnnlab's `threads` key)")
     parser.add_argument("--skip-startup", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true",
+                        help="leave out the minimal-LightningModule reference (Lightning/bare column)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
@@ -163,17 +214,22 @@ def main() -> None:
     threads = set_threads(args.threads)
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; {args.steps} steps (batch "
           f"{args.batch_size}) a run, bare steps interleaved every {args.chunk}; median of {args.repeats} runs")
-    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17}  per-run ratios")
+    print(f"{'case':10} {'bare img/s':>12} {'cnnlab img/s':>13} {'cnnlab/bare time':>17} {'Lightning/bare':>15}"
+          "  per-run cnnlab/bare")
     for case in args.cases:
-        bare, ours, ratios = [], [], []
+        bare, ours, ratios, floors = [], [], [], []
         for _ in range(args.repeats):
             theirs, mine = interleaved(CASES[case], args.steps, args.batch_size, threads, args.chunk)
             bare.append(theirs)
             ours.append(mine)
             ratios.append(theirs / mine)
+            if not args.skip_floor:
+                theirs, minimal = lightning_floor(CASES[case], args.steps, args.batch_size, args.chunk)
+                floors.append(theirs / minimal)
         runs = " ".join(f"{r:.2f}" for r in ratios)
+        floor = f"{statistics.median(floors):15.3f}" if floors else f"{'-':>15}"
         print(f"{case:10} {statistics.median(bare):12.0f} {statistics.median(ours):13.0f} "
-              f"{statistics.median(ratios):17.3f}  {runs}", flush=True)
+              f"{statistics.median(ratios):17.3f} {floor}  {runs}", flush=True)
 
     if not args.skip_startup:
         python = sys.executable
