@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,9 @@ def test_compile_on_a_cpu_without_a_compiler_says_what_to_install(tmp_path: Path
     assert len(err.splitlines()) == 1 and "needs a C++ compiler" in err
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
-                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++"))
+                    or not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
+                    reason="torch.compile on the CPU needs a C++ compiler and Python's headers")
 def test_compiled_run_matches_the_eager_one_and_its_checkpoint_loads_anywhere(tmp_path: Path):
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["compile=true"])):
