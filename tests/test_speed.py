@@ -112,11 +112,16 @@ def test_compiled_run_matches_the_eager_one_and_its_checkpoint_loads_anywhere(tm
     assert main(["eval", str(tmp_path / "compiled")]) == 0
 
 
-def test_data_stays_on_the_host_for_a_cpu_run():
+def test_data_on_device_copies_nothing_for_a_cpu_trainer():
+    from types import SimpleNamespace
+
     datamodule = build_datamodule(compose(["dataset=synthetic", "data_on_device=true"]))
     datamodule.setup("fit")
-    assert datamodule._on_device("train") is None  # no trainer on a GPU: nothing to copy
-    assert datamodule.train_dataloader().images.device.type == "cpu"
+    assert datamodule._on_device("train") is None  # no trainer yet
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    loader = datamodule.train_dataloader()
+    assert datamodule._on_device("train") is None and datamodule.splits_on_device() == []
+    assert loader.images.device.type == "cpu" and loader.images.data_ptr() != datamodule.splits["train"][0].data_ptr()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
