@@ -145,7 +145,7 @@ class RunLog(pl.Callback):
 
 
 class LearningRates(pl.Callback):
-    """The lr of every parameter group at every optimizer step, in TensorBoard as `lr-<Optimizer>[/pg<i>]`.
+    """The lr of every parameter group at every optimizer step, in TensorBoard under the tags of optim.lr_tags.
 
     Lightning's LearningRateMonitor sends each step's lr through the loggers as the step begins, which cost ~0.3 ms a
     step (the largest per-step cost next to a small model's own work). This reads the rates into a list and hands

@@ -1,7 +1,7 @@
 """Speed settings of a run (conf/train.yaml): CPU threads, DataLoader workers, torch.compile, data kept on the GPU.
 
 Every default is chosen for the machine the run is on; README "Performance" has the measured effect of each.
-No torch import at module level: `cnnlab list` and the config checks read COMPILE_MODES.
+No torch import at module level: config validation reads COMPILE_MODES before torch is needed.
 """
 
 from __future__ import annotations
