@@ -1,8 +1,8 @@
 """cnnlab: a config-driven experiment runner for image-classification CNNs."""
 
-from cnnlab.data.resolvers import register_resolvers
+from cnnlab.resolvers import register_resolvers
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# Dataset YAMLs derive class counts and names with `${cnnlab.*:...}`; every entry point must know them.
+# The built-in configs derive values with `${cnnlab.*:...}`; every entry point must know the resolvers.
 register_resolvers()

@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnnlab.build import build_model  # noqa: E402
 from cnnlab.config import CONF_DIR  # noqa: E402
+from cnnlab.train.build import build_model  # noqa: E402
 
 
 def images_per_second(model: torch.nn.Module, batch_size: int, size: int, budget_s: float) -> float:

@@ -48,7 +48,7 @@ class BareLoop:
     def __init__(self, overrides: list[str], batch_size: int):
         import torch
 
-        from cnnlab.build import build_datamodule, build_model
+        from cnnlab.train.build import build_datamodule, build_model
 
         cfg = compose(overrides)
         datamodule = build_datamodule(cfg)
@@ -65,7 +65,7 @@ class BareLoop:
         import torch.nn.functional as F
 
         # A plain script never imports Lightning, which sets this and so makes every Adam step on a machine without
-        # a GPU probe for one (cnnlab unsets it on CPU runs too: cnnlab.speed.skip_gpu_probe_per_step).
+        # a GPU probe for one (cnnlab unsets it on CPU runs too: cnnlab.train.fastpaths.cpu_cuda_check).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
         start = time.perf_counter()
         for _ in range(count):
@@ -113,19 +113,19 @@ def interleave_probe(bare: BareLoop, chunk: int) -> Any:
 
 def interleaved(overrides: list[str], steps: int, batch_size: int, threads: int, chunk: int) -> tuple[float, float]:
     """(bare, cnnlab) images/s from one `cnnlab train` run with the bare loop run in between its steps."""
-    import cnnlab.train
+    import cnnlab.train.callbacks
     from cnnlab.cli import main
 
     probe = interleave_probe(BareLoop(overrides, batch_size), chunk)
-    callbacks = cnnlab.train._callbacks
-    cnnlab.train._callbacks = lambda *args, **kwargs: [*callbacks(*args, **kwargs), probe]
+    callbacks = cnnlab.train.callbacks.run_callbacks
+    cnnlab.train.callbacks.run_callbacks = lambda *args, **kwargs: [*callbacks(*args, **kwargs), probe]
     try:
         with tempfile.TemporaryDirectory() as run_dir:
             code = main(["train", *overrides, f"batch_size={batch_size}", f"trainer.max_steps={steps + 4}",
                          f"threads={threads}", "trainer.limit_val_batches=0", "test=false", "progress_bar=none",
                          f"hydra.run.dir={run_dir}"])
     finally:
-        cnnlab.train._callbacks = callbacks
+        cnnlab.train.callbacks.run_callbacks = callbacks
     if code != 0:
         raise SystemExit(f"cnnlab train failed with exit code {code}")
     return probe.images_per_second(batch_size)
@@ -138,7 +138,7 @@ def lightning_floor(overrides: list[str], steps: int, batch_size: int, chunk: in
     import torch
     import torch.nn.functional as F
 
-    from cnnlab.build import build_model
+    from cnnlab.train.build import build_model
 
     bare = BareLoop(overrides, batch_size)
     probe = interleave_probe(bare, chunk)
@@ -209,7 +209,7 @@ def main() -> None:
 
     import torch
 
-    from cnnlab.speed import set_threads
+    from cnnlab.train.environment import set_threads
 
     threads = set_threads(args.threads)
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs; {args.steps} steps (batch "

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import CONF_DIR, ConfigError
+from cnnlab.cli.data import compose_config
+from cnnlab.config import CONF_DIR
 from cnnlab.data.augment import (
     Augmentation,
     AutoAugment,
@@ -23,9 +24,9 @@ from cnnlab.data.augment import (
     build_augmentation,
 )
 from cnnlab.data.datamodule import ImageDataModule
-from cnnlab.data.show import compose_config
 from cnnlab.data.sources import synthetic
-from cnnlab.losses import cross_entropy
+from cnnlab.errors import ConfigError
+from cnnlab.train.losses import cross_entropy
 
 OPTIONS = sorted(p.stem for p in (CONF_DIR / "augmentation").glob("*.yaml"))
 MIXERS = ("mixup", "cutmix")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnnlab.cli import main
-from cnnlab.module import ClassifierModule
+from cnnlab.train.module import ClassifierModule
 
 # Random crops make the batches depend on the augmentation seed too; 3 small batches x 2 epochs.
 FAST = ["dataset=synthetic", "augmentation=crop", "batch_size=16", "trainer.max_epochs=2",
@@ -58,6 +58,7 @@ def same_batches(a: list, b: list) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b))
 
 
+@pytest.mark.slow
 def test_runs_differing_only_in_the_loss_start_alike_and_see_the_same_batches(records):
     (ce_weights, ce_batches), (nll_weights, nll_batches) = records["ce"], records["nll"]
     assert len(ce_batches) == 6  # 3 batches in each of 2 epochs, all compared in order

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.checkpoint import AtomicCheckpointIO, load_checkpoint
 from cnnlab.cli import main
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
+from cnnlab.train.checkpoint import AtomicCheckpointIO, load_checkpoint
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -176,7 +176,7 @@ def test_epoch_checkpoint_keeps_model_checkpoints_state_key(tmp_path):
     """Checkpoints written with Lightning's ModelCheckpoint still restore the best score into EpochCheckpoint."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from cnnlab.checkpoint import EpochCheckpoint
+    from cnnlab.train.fastpaths import EpochCheckpoint
 
     settings = {"dirpath": tmp_path, "filename": "best", "monitor": "val/acc", "mode": "max"}
     assert EpochCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key

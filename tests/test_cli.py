@@ -28,7 +28,7 @@ def test_list_names_every_option_with_its_description():
 def test_list_shows_one_option():
     result = cnnlab("list", "loss", "nll")
     assert result.returncode == 0
-    assert "_target_: cnnlab.losses.nll" in result.stdout
+    assert "_target_: cnnlab.train.losses.nll" in result.stdout
 
 
 # The bad-input catalogue: each case is one line on stderr naming the key, the bad value and what is allowed,

@@ -34,6 +34,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------ the sweep summary of a real multirun
+@pytest.mark.slow
 def test_multirun_writes_a_sweep_summary_with_seed_statistics(sweep: Path, capsys: pytest.CaptureFixture):
     for name in ("sweep_summary.md", "sweep_summary.csv", "sweep_curves.png"):
         assert (sweep / name).is_file(), name
@@ -163,7 +164,7 @@ def test_only_differing_choices_become_columns_and_failures_are_listed(tmp_path:
 
 
 def test_sweep_summary_names_jobs_that_hydra_saw_fail(tmp_path: Path):
-    from cnnlab.sweep_summary import write_sweep_summary
+    from cnnlab.runs.sweeps import write_sweep_summary
 
     fake_run(tmp_path / "0", CHOICES, ["seed=0"], {**CONFIG, "seed": 0}, [0.5], test_acc=0.4)
     fake_run(tmp_path / "1", CHOICES, ["seed=1"], {**CONFIG, "seed": 1}, [0.7], test_acc=0.6)
@@ -197,16 +198,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import cnnlab.train
+    import cnnlab.cli.train
 
-    original = cnnlab.train.run
+    original = cnnlab.cli.train.run
 
     def run(cfg):  # the second job breaks the way a bug or a crash in training would
         if cfg.seed == 1:
             raise RuntimeError("simulated crash in job 1")
         return original(cfg)
 
-    monkeypatch.setattr(cnnlab.train, "run", run)
+    monkeypatch.setattr(cnnlab.cli.train, "run", run)
     folder = tmp_path / "multirun"
     try:
         main(["train", "-m", "seed=0,1", "dataset=synthetic", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
@@ -222,7 +223,7 @@ def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: 
 
 def test_diagnosis_column_shows_verdicts_and_debug_runs(tmp_path: Path):
     from cnnlab.cli import main
-    from cnnlab.compare import compare, load, to_csv
+    from cnnlab.runs.compare import compare, load, to_csv
 
     for name, extra in (("plain", []), ("fdr", ["debug=fdr"])):
         assert main(["train", "dataset=synthetic", "model=mlp", "trainer.max_epochs=1", "progress_bar=none", *extra,

@@ -10,12 +10,11 @@ import pytest
 import torch
 from conftest import make_cifar_like, make_emnist_like, make_image_folder, make_mnist_like, make_svhn_mat
 
-from cnnlab.build import build_datamodule
 from cnnlab.cli import main
-from cnnlab.config import ConfigError, validate
+from cnnlab.cli.data import compose_config
 from cnnlab.data.augment import RandomCrop, RandomFlip
 from cnnlab.data.datamodule import ImageDataModule, InMemoryLoader, stratified_split
-from cnnlab.data.show import compose_config, title
+from cnnlab.data.show import title
 from cnnlab.data.sources import (
     cifar10,
     cifar100,
@@ -28,6 +27,9 @@ from cnnlab.data.sources import (
     svhn,
     synthetic,
 )
+from cnnlab.errors import ConfigError
+from cnnlab.train.build import build_datamodule
+from cnnlab.validate import validate
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -412,7 +414,7 @@ def test_data_show_titles_are_class_names_or_mixing_weights():
     assert title(torch.tensor([0.3, 0.0, 0.7]), names) == "bird 0.70\ncat 0.30"
 
 
-@pytest.mark.parametrize(("args", "expected"), [(["show", "--count", "0"], "--count='0'"),
+@pytest.mark.parametrize(("args", "expected"), [(["show", "--count", "0"], "--count=0"),
                                                 (["show", "dataset=nope"], "dataset=nope: no such option"),
                                                 (["draw"], "data='draw'")])
 def test_data_show_bad_input_exits_2(capsys, args: list[str], expected: str):
@@ -421,6 +423,7 @@ def test_data_show_bad_input_exits_2(capsys, args: list[str], expected: str):
     assert len(err) == 1 and expected in err[0]
 
 
+@pytest.mark.slow
 def test_train_streams_an_image_folder_end_to_end(tmp_path: Path):
     import json
 

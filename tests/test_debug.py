@@ -37,6 +37,7 @@ def test_every_debug_mode_runs_and_is_marked(tmp_path: Path, mode: str):
         assert "run_training_epoch" in report.read_text()
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_finite_lr_and_writes_its_plot(tmp_path: Path, capsys):
     out = tmp_path / "lrf"
     assert main(["lr-find", "--steps", "40", "--output", str(out), "dataset=synthetic", "model=mlp"]) == 0

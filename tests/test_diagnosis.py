@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cnnlab.cli import main
-from cnnlab.diagnosis import diagnose, early_stop_epoch
+from cnnlab.runs.diagnosis import diagnose, early_stop_epoch
 
 
 def history(train_loss, val_loss, train_acc, val_acc):

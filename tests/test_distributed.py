@@ -6,13 +6,14 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import cnnlab
 from omegaconf import OmegaConf
 
-from cnnlab.build import build_datamodule, build_module
-from cnnlab.checkpoint import load_checkpoint
 from cnnlab.data.datamodule import InMemoryLoader
+from cnnlab.train.build import build_datamodule, build_module
+from cnnlab.train.checkpoint import load_checkpoint
 
 
 def loader(n: int, shuffle: bool, rank: int, world_size: int, batch_size: int = 4) -> InMemoryLoader:
@@ -56,6 +57,7 @@ def evaluate(checkpoint_path: Path) -> tuple[int, int]:
     return correct, total
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_writes_one_run_folder(tmp_path: Path):
     run = tmp_path / "run"
     result = cnnlab("train", "dataset=synthetic", "dataset.source.noise=1.0", "model=mlp", "progress_bar=none",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.runlog import read_metrics
+from cnnlab.runs.read import read_metrics
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -25,7 +25,7 @@ def data_overrides(preset: str, formats_dir: Path, tmp_path: Path) -> list[str]:
 
 
 def test_every_preset_is_listed_with_a_description():
-    from cnnlab.listing import show
+    from cnnlab.cli.listing import show
 
     listing = show(["experiment"])
     for preset in PRESETS:
@@ -52,6 +52,7 @@ def test_preset_trains_a_step(preset: str, formats_dir: Path, tmp_path: Path):
     assert summary["experiment"] == preset and summary["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_loss_comparison_is_a_sweep_over_every_loss(fashion_dir: Path, tmp_path: Path):
     sweep = tmp_path / "sweep"
     code = main(["train", "experiment=loss_comparison", f"data_dir={fashion_dir}", "dataset.source.system_dirs=[]",

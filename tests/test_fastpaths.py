@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from cnnlab.build import build_datamodule, build_module
 from cnnlab.config import compose
+from cnnlab.train.build import build_datamodule, build_module
 
 
 def losses_after_steps(module, batches, steps: int) -> list[float]:
@@ -48,6 +49,7 @@ def test_channels_last_trains_to_the_same_loss():
     assert F.mse_loss(torch.tensor(fast), torch.tensor(plain)) < 1e-8
 
 
+@pytest.mark.slow
 def test_splits_normalised_up_front_train_exactly_like_per_batch_conversion(tmp_path, monkeypatch):
     """On the CPU, splits no augmentation touches are normalised once; the run's numbers stay bit-identical."""
     import csv

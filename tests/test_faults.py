@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import cnnlab
 
-from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
+from cnnlab.train.checkpoint import load_checkpoint
 
 # Small, but with everything a resume must restore: dropout (global RNG), flips (augmentation RNG), Adam's moments,
 # a per-step lr schedule, a shuffled order, and a short last batch (230 training images in batches of 32: 8 steps).
@@ -45,6 +45,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("SIGTERM", 11, 143, 2),  # mid-epoch, after an epoch boundary
     ("SIGINT", 8, 130, 1),  # during the epoch's last step: the stop waits for its validation and metrics row
 ])
+@pytest.mark.slow
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path: Path, uninterrupted: Path, signal_name: str,
                                                            step: int, exit_code: int, epoch: int):
     run = tmp_path / "run"
@@ -102,6 +103,7 @@ def test_a_diverging_learning_rate_is_caught_at_its_first_step(tmp_path: Path, c
     assert math.isfinite(last) and last > 1.0
 
 
+@pytest.mark.slow
 def test_failing_runs_do_not_stop_a_sweep(tmp_path: Path, capfd: pytest.CaptureFixture):
     sweep = tmp_path / "sweep"
     # lenet5 cannot take 16-pixel images; the second NaN setting breaks the weights at step 2.
@@ -120,6 +122,7 @@ def test_failing_runs_do_not_stop_a_sweep(tmp_path: Path, capfd: pytest.CaptureF
     assert summaries[2]["error"] is None and (sweep / "2" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_continues_a_finished_run(tmp_path: Path, uninterrupted: Path):
     run = tmp_path / "run"
     short = [o for o in RUN if not o.startswith("trainer.max_epochs=")]
@@ -133,8 +136,8 @@ def test_resume_with_more_epochs_continues_a_finished_run(tmp_path: Path, uninte
 
 
 def test_metric_states_of_an_older_checkpoint_are_skipped_by_name():
-    from cnnlab.faults import set_metric_states
-    from cnnlab.module import EpochMeans
+    from cnnlab.train.module import EpochMeans
+    from cnnlab.train.resume import set_metric_states
 
     module = torch.nn.Module()
     module.train_means = EpochMeans()

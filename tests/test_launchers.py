@@ -14,6 +14,7 @@ from cnnlab.cli import main
 from cnnlab.config import CONF_DIR
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_processes(tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
     sweep = tmp_path / "sweep"
@@ -42,4 +43,4 @@ def test_unknown_launcher_names_the_extra(tmp_path: Path, capsys: pytest.Capture
     assert main(["train", "hydra/launcher=nope", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("cnnlab: error: hydra/launcher=nope: no such option; choose one of: basic")
-    assert "slurm" in line and "pip install -e '.[launchers]'" in line
+    assert "slurm" in line and "pip install 'cnnlab[launchers]'" in line

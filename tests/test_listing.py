@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO
 
 from cnnlab.cli import main
+from cnnlab.cli.listing import PRIMARY
 from cnnlab.config import CONF_DIR
-from cnnlab.listing import PRIMARY
 
 
 def listing(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -52,7 +52,7 @@ def test_list_one_group_and_one_option(capsys: pytest.CaptureFixture):
     code, out, _ = listing(capsys, "loss")
     assert code == 0 and set(sections(out)) == {"loss"}
     code, out, _ = listing(capsys, "loss", "nll")
-    assert code == 0 and "_target_: cnnlab.losses.nll" in out
+    assert code == 0 and "_target_: cnnlab.train.losses.nll" in out
     code, out, _ = listing(capsys, "train")
     assert code == 0 and "defaults:" in out and "batch_size:" in out
 

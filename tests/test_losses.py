@@ -17,8 +17,9 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from cnnlab.cli import main
-from cnnlab.config import CONF_DIR, ConfigError, instantiate
-from cnnlab.losses import (
+from cnnlab.config import CONF_DIR, instantiate
+from cnnlab.errors import ConfigError
+from cnnlab.train.losses import (
     balanced_weights,
     binary_cross_entropy,
     cross_entropy,
@@ -29,7 +30,7 @@ from cnnlab.losses import (
     multi_margin,
     nll,
 )
-from cnnlab.module import EpochMeans
+from cnnlab.train.module import EpochMeans
 
 LOSSES = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 
@@ -254,8 +255,8 @@ def test_bce_on_two_classes_trains_a_one_logit_lenet(tmp_path: Path):
 
 
 def test_balanced_class_weights_come_from_the_training_labels(tmp_path: Path):
-    from cnnlab.build import build_datamodule
-    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.train.build import build_datamodule
+    from cnnlab.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     # 100 images of 3 classes: 34, 33, 33, of which 30, 30, 30 train after the stratified validation split.

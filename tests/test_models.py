@@ -9,10 +9,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.build import build_model
-from cnnlab.config import CONF_DIR, ConfigError
+from cnnlab.config import CONF_DIR
+from cnnlab.errors import ConfigError
 from cnnlab.models.classic import MLP, KerasLeNet, LeNet5, SimpleCNN
 from cnnlab.models.summary import summarize
+from cnnlab.train.build import build_model
 
 CATALOGUE = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
 
@@ -84,6 +85,7 @@ def model_config(name: str, channels: int, size: int, classes: int = 5) -> DictC
                                            f"dataset.image_size={size}", f"dataset.num_classes={classes}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)], ids=["28x28x1", "32x32x3"])
 @pytest.mark.parametrize("name", CATALOGUE)
 def test_every_catalogue_model_takes_a_training_step(name: str, channels: int, size: int):

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cnnlab.cli import main
-from cnnlab.losses import binary_cross_entropy, cross_entropy
-from cnnlab.module import ClassifierModule
+from cnnlab.train.losses import binary_cross_entropy, cross_entropy
+from cnnlab.train.module import ClassifierModule
 
 
 def validate(module: ClassifierModule, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -63,7 +63,7 @@ def test_epoch_means_equal_torchmetrics_over_uneven_batches():
     from torchmetrics import MeanMetric
     from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy
 
-    from cnnlab.module import EpochMeans
+    from cnnlab.train.module import EpochMeans
 
     torch.manual_seed(0)
     means, labelwise = EpochMeans(), EpochMeans(multilabel=True)
@@ -87,9 +87,9 @@ def test_epoch_means_equal_torchmetrics_over_uneven_batches():
 
 
 def test_gradient_clipping_by_value_bounds_every_update(tmp_path: Path):
-    from cnnlab.build import build_model
-    from cnnlab.checkpoint import load_checkpoint
     from cnnlab.config import compose
+    from cnnlab.train.build import build_model
+    from cnnlab.train.checkpoint import load_checkpoint
 
     overrides = ["dataset=synthetic", "model=mlp", "optimizer=sgd", "optimizer.lr=1.0", "optimizer.momentum=0.0"]
     run = tmp_path / "run"

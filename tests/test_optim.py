@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.cli import main
-from cnnlab.config import CONF_DIR, ConfigError
-from cnnlab.optim import ExpDecay, RunLength, build_optimizer, build_scheduler
+from cnnlab.config import CONF_DIR
+from cnnlab.errors import ConfigError
+from cnnlab.train.optim import ExpDecay, RunLength, build_optimizer, build_scheduler
 
 # dataset=synthetic: 461 training images / batch 64 -> 8 optimizer steps per epoch
 STEPS_PER_EPOCH = 8
@@ -284,7 +285,7 @@ def test_each_schedule_state_loads_weights_only(name: str):
 
 
 def test_lr_tags_name_groups_and_repeated_optimizers():
-    from cnnlab.optim import lr_tags
+    from cnnlab.train.optim import lr_tags
 
     one, two = nn.Linear(2, 2), nn.Linear(2, 2)
     grouped = torch.optim.AdamW([{"params": one.parameters(), "name": "decay"},

@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnnlab.build import build_datamodule, build_module
-from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
+from cnnlab.train.build import build_datamodule, build_module
+from cnnlab.train.checkpoint import load_checkpoint
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.config import ConfigError
-from cnnlab.resume import check_same_config, hydra_args, trim_metrics
-from cnnlab.runlog import read_metrics, write_metrics
+from cnnlab.errors import ConfigError
+from cnnlab.runs.read import read_metrics
+from cnnlab.runs.write import write_metrics
+from cnnlab.train.resume import check_same_config, hydra_args, trim_metrics
 
 
 @pytest.fixture

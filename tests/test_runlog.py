@@ -9,9 +9,10 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-from cnnlab.checkpoint import EpochCheckpoint
-from cnnlab.faults import FiniteLossGuard, ResumeState
-from cnnlab.runlog import CallbackGroup, LearningRates, RunLog
+from cnnlab.train.callbacks import RunLog
+from cnnlab.train.failures import FiniteLossGuard
+from cnnlab.train.fastpaths import CallbackGroup, EpochCheckpoint, LearningRates
+from cnnlab.train.resume import ResumeState
 
 
 class Recorder(pl.Callback):

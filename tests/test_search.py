@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 
 from cnnlab.cli import main
 from cnnlab.config import CONF_DIR
-from cnnlab.search import register_resolvers
+from cnnlab.resolvers import register_resolvers
 
 optuna = pytest.importorskip("optuna", reason="the search extra is not installed: pip install -e '.[search]'")
 
@@ -37,6 +37,7 @@ def trial_values(sweep_dir: Path) -> list[float]:
     return [json.loads(p.read_text())["best"]["val_acc"] for p in summaries]
 
 
+@pytest.mark.slow
 def test_search_stores_trials_in_sqlite_and_resumes(tmp_path: Path):
     sweep = tmp_path / "search"
     assert search(sweep, 3) == 0
@@ -61,7 +62,7 @@ def test_search_stores_trials_in_sqlite_and_resumes(tmp_path: Path):
 
 @pytest.mark.parametrize(("monitor", "direction"), [("val/acc", "maximize"), ("val/loss", "minimize")])
 def test_direction_follows_the_monitored_metric(monitor: str, direction: str):
-    register_resolvers()  # as importing cnnlab.train does for `cnnlab train`
+    register_resolvers()  # as importing cnnlab does for every entry point
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=optuna", f"monitor={monitor}", "dataset=digits"],
                       return_hydra_config=True)
@@ -72,6 +73,7 @@ def test_direction_follows_the_monitored_metric(monitor: str, direction: str):
     assert cfg.hydra.mode.name == "MULTIRUN"
 
 
+@pytest.mark.slow
 def test_unreachable_storage_is_one_line(tmp_path: Path):
     port = free_port()
     result = cnnlab("train", *TRIAL, f"storage=postgresql://someone:secret@127.0.0.1:{port}/nowhere",
@@ -138,6 +140,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_search_shares_a_study_in_postgresql(tmp_path: Path, postgres_url: str):
     # Two searches from different folders (as two machines would) add to one study on the server.
     assert search(tmp_path / "machine_a", 2, f"storage={postgres_url}", "hydra.sweeper.study_name=shared") == 0

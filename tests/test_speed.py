@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import speed
-from cnnlab.build import build_datamodule
-from cnnlab.checkpoint import load_checkpoint
+from cnnlab import machine
 from cnnlab.cli import main
 from cnnlab.config import compose
-from cnnlab.runlog import RunLog
+from cnnlab.train import environment as speed
+from cnnlab.train.build import build_datamodule
+from cnnlab.train.callbacks import RunLog
+from cnnlab.train.checkpoint import load_checkpoint
 
 QUICK = ["dataset=synthetic", "model=mlp", "progress_bar=none"]
 
@@ -32,20 +33,20 @@ def test_cgroup_quota_is_read_from_v1_and_v2_files(tmp_path: Path, files: dict[s
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert speed._cgroup_quota(tmp_path) == expected
+    assert machine._cgroup_quota(tmp_path) == expected
 
 
 def test_auto_threads_and_workers_follow_the_available_cpus(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(speed, "_TORCH_DEFAULT", [32])  # torch's own default: the host's 32 physical cores
-    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(speed, "_cgroup_quota", lambda: 2)  # a 2-CPU container on that host
-    assert speed.available_cpus() == 2
-    assert (speed.thread_count("auto"), speed.worker_count("auto")) == (2, 1)
-    monkeypatch.setattr(speed, "_cgroup_quota", lambda: None)  # the whole host: physical cores, not hyper-threads
-    assert (speed.thread_count("auto"), speed.worker_count("auto")) == (32, speed.MAX_AUTO_WORKERS)
-    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0})
-    assert (speed.thread_count("auto"), speed.worker_count("auto")) == (1, 0)
-    assert (speed.thread_count(3), speed.worker_count(5)) == (3, 5)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(machine, "_cgroup_quota", lambda: 2)  # a 2-CPU container on that host
+    assert machine.available_cpus() == 2
+    assert (speed.thread_count("auto"), machine.worker_count("auto")) == (2, 1)
+    monkeypatch.setattr(machine, "_cgroup_quota", lambda: None)  # the whole host: physical cores, not hyper-threads
+    assert (speed.thread_count("auto"), machine.worker_count("auto")) == (32, machine.MAX_AUTO_WORKERS)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0})
+    assert (speed.thread_count("auto"), machine.worker_count("auto")) == (1, 0)
+    assert (speed.thread_count(3), machine.worker_count(5)) == (3, 5)
 
 
 def test_a_run_uses_and_records_its_thread_count_and_leaves_the_environment_as_it_was(
@@ -96,6 +97,7 @@ def test_compile_on_a_cpu_without_a_compiler_says_what_to_install(tmp_path: Path
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++"))
                     or not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists(),
                     reason="torch.compile on the CPU needs a C++ compiler and Python's headers")
+@pytest.mark.slow
 def test_compiled_run_matches_the_eager_one_and_its_checkpoint_loads_anywhere(tmp_path: Path):
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["compile=true"])):

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from conftest import QUICK, cnnlab
 
 from cnnlab.cli import main
@@ -14,6 +15,7 @@ RUN_FILES = ["metrics.csv", "summary.json", "curves.png", "model_summary.txt", "
              "checkpoints/best.ckpt", "checkpoints/last.ckpt"]
 
 
+@pytest.mark.slow
 def test_train_writes_the_whole_run_folder(tmp_path: Path):
     run = tmp_path / "run"
     result = cnnlab("train", "dataset=synthetic", "progress_bar=none", "trainer.max_epochs=2",
@@ -41,6 +43,7 @@ def test_train_writes_the_whole_run_folder(tmp_path: Path):
     assert "431,080 parameters" in result.stdout
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_folder_per_job(tmp_path: Path):
     sweep = tmp_path / "sweep"
     result = cnnlab("train", "-m", "loss=ce,nll", "dataset=synthetic", *QUICK, f"hydra.sweep.dir={sweep}")
@@ -62,6 +65,7 @@ def test_fashion_mnist_is_read_from_data_dir(tmp_path: Path, fashion_dir: Path):
     assert summary["test"]["test/acc"] > 0.9
 
 
+@pytest.mark.slow
 def test_missing_dataset_offline_is_one_line(tmp_path: Path):
     result = cnnlab("train", "dataset=fashion_mnist", f"data_dir={tmp_path / 'empty'}",
                     "dataset.source.system_dirs=[/nonexistent/fashion]", "dataset.source.download=false",

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from cnnlab.cli import main
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.models.summary import summarize
 from cnnlab.models.zoo import torchvision_model
 
@@ -52,6 +52,7 @@ def test_dataset_channels_reach_the_first_conv():
     ("vgg11", {}, 16),  # four max-pools remain after the small stem
     ("alexnet", {"stem": "imagenet"}, 63),  # 11x11 stride-4 conv and three 3x3 max-pools
 ])
+@pytest.mark.slow
 def test_too_small_image_names_model_size_and_smallest(arch: str, kwargs: dict, smallest: int):
     size = 8 if smallest == 16 else 32
     with pytest.raises(ConfigError) as error:
@@ -81,6 +82,7 @@ def test_activation_that_the_forward_hard_codes_is_refused(arch: str):
                           else {})
 
 
+@pytest.mark.slow
 def test_batch_norm_picks_the_variant_or_is_refused():
     vgg = torchvision_model("vgg11", 3, 10, 32, batch_norm=True)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in vgg.modules()) == 8
@@ -170,6 +172,7 @@ def test_pretrained_without_weights_offline_is_one_clear_line(hub: SimpleNamespa
         torchvision_model("resnet18", 3, 10, 32, pretrained=True)
 
 
+@pytest.mark.slow
 def test_train_resnet18_on_small_colour_images(tmp_path: Path, capsys: pytest.CaptureFixture):
     run = tmp_path / "run"
     code = main(["train", "model=resnet18", "dataset=synthetic", "dataset.image_size=32", "dataset.channels=3",

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab.config import ConfigError
-
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+from cnnlab.data.arrays import GRAY_WEIGHTS
+from cnnlab.errors import ConfigError
 
 
 def _uniform(batch: int, generator: torch.Generator | None, device: torch.device, low: float = 0.0,

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cnnlab.config import ConfigError
+from cnnlab.data.arrays import Arrays, fit_images
 from cnnlab.data.augment import Augmentation
 from cnnlab.data.folders import FileDataset, ImageFiles, check_batch, collate
-from cnnlab.data.sources import Arrays
+from cnnlab.errors import ConfigError
 
 NORMALIZED_MAX_BYTES = 2 * 1024**3  # the most float32 memory a split normalised up front may take
 
@@ -50,28 +50,6 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
         held.append(members[:count])
         keep.append(members[count:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
-
-
-def fit_images(images: Tensor, channels: int, size: int) -> Tensor:
-    """Resize (antialiased bilinear) and convert channel count once, on the whole uint8 tensor."""
-    if images.shape[1] != channels:
-        if images.shape[1] == 1:
-            images = images.expand(-1, channels, -1, -1)
-        elif channels == 1:
-            weights = torch.tensor([0.299, 0.587, 0.114])[: images.shape[1]]
-            images = (images.float() * weights[None, :, None, None]).sum(1, keepdim=True) / weights.sum()
-            images = images.round().clamp(0, 255).to(torch.uint8)
-        else:
-            raise ConfigError("dataset.channels", channels,
-                              f"1 or {images.shape[1]}: the images have {images.shape[1]} channels")
-    if images.shape[-2:] != (size, size):
-        out = []
-        for chunk in images.split(4096):
-            resized = torch.nn.functional.interpolate(chunk.float(), size=(size, size), mode="bilinear",
-                                                      antialias=True, align_corners=False)
-            out.append(resized.round().clamp(0, 255).to(torch.uint8))
-        images = torch.cat(out)
-    return images.contiguous()
 
 
 def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> Tensor:

@@ -19,15 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnnlab.config import ConfigError
+from cnnlab.data.arrays import Arrays
+from cnnlab.data.images import IMAGE_EXTENSIONS, decode_image, is_image
+from cnnlab.errors import ConfigError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ROOT_KEY = "dataset.root"
 log = logging.getLogger(__name__)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def class_folders(folder: Path) -> list[str]:
         raise ConfigError(ROOT_KEY, str(folder), message=(
             f"{ROOT_KEY}={str(folder)!r} needs one sub-folder per class and at least two classes; found {found}"))
     for name in names:
-        if not any(e.is_file() and _is_image(e.name) for e in _list_dir(folder / name)):
+        if not any(e.is_file() and is_image(e.name) for e in _list_dir(folder / name)):
             raise ConfigError(ROOT_KEY, str(folder), message=(
                 f"{ROOT_KEY}: class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
     return names
@@ -112,21 +109,6 @@ class ImageFiles:
         return out
 
 
-def decode_image(path: str, channels: int, image_size: int) -> torch.Tensor:
-    """One image file -> uint8 (channels, image_size, image_size), resized like every in-memory dataset."""
-    from PIL import Image
-
-    from cnnlab.data.datamodule import fit_images
-
-    mode = "RGB" if channels == 3 else "L"
-    with Image.open(path) as image:
-        image.draft(mode, (image_size, image_size))  # JPEG: let the decoder downscale by 2, 4 or 8 first
-        array = np.asarray(image.convert(mode))
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.unsqueeze(0)
-    return fit_images(tensor.unsqueeze(0), channels, image_size)[0]
-
-
 @dataclass(frozen=True)
 class BadImage:
     """Stands in for a file that could not be decoded, so the main process raises one clear error."""
@@ -172,7 +154,7 @@ def _files_of(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
     paths, labels = [], []
     for label, name in enumerate(classes):
         for entry in _list_dir(folder / name):
-            if entry.is_file() and _is_image(entry.name):
+            if entry.is_file() and is_image(entry.name):
                 paths.append(entry.path)
                 labels.append(label)
     return paths, labels
@@ -181,8 +163,6 @@ def _files_of(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
 def scan(root: str, channels: int, image_size: int, cache: bool | str = "auto", cache_max_mb: float = 2048,
          num_workers: int = 0) -> Any:
     """The tree's files as Arrays: decoded into memory when `cache` says so (auto: when they fit), else ImageFiles."""
-    from cnnlab.data.sources import Arrays
-
     if channels not in (1, 3):
         raise ConfigError("dataset.channels", channels, "1 (grayscale) or 3 (RGB) for image folders")
     if cache not in (True, False, "auto"):

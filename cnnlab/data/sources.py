@@ -12,31 +12,18 @@ import os
 import pickle
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from cnnlab.config import ConfigError
+from cnnlab.data.arrays import Arrays
+from cnnlab.data.folders import scan
+from cnnlab.errors import ConfigError
+from cnnlab.machine import worker_count
 
 Found = TypeVar("Found")
-
-
-@dataclass
-class Arrays:
-    """A dataset's images and labels; `test_*` is None without an official test split.
-
-    Labels are int64 (N,) or, multi-label, float 0/1 (N, classes).
-
-    Images are uint8 (N, C, H, W) tensors, or `ImageFiles` (cnnlab.data.folders) for sets decoded on demand.
-    """
-
-    train_images: Any
-    train_labels: torch.Tensor
-    test_images: Any = None
-    test_labels: torch.Tensor | None = None
 
 
 class DatasetNotFound(ConfigError):
@@ -331,9 +318,6 @@ def svhn(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/svhn"
 def imagefolder(root: str, channels: int, image_size: int, cache: bool | str = "auto", cache_max_mb: float = 2048,
                 num_workers: int | str = "auto") -> Arrays:
     """A folder-per-class image tree: decoded into memory when it fits, else streamed (cnnlab.data.folders)."""
-    from cnnlab.data.folders import scan
-    from cnnlab.speed import worker_count
-
     return scan(root, channels, image_size, cache, cache_max_mb, worker_count(num_workers))
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.models import knobs, sizing
 
 

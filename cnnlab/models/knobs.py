@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),

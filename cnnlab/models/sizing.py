@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 
 LARGEST_PROBE = 512
 

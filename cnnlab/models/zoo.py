@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnlab.config import ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.models import knobs, sizing
 
 STEMS = ("auto", "small", "imagenet")

@@ -1,0 +1,421 @@
+"""`cnnlab compare` and the sweep summary: runs side by side, seed statistics, overlaid curves, exports.
+
+Only the choices that differ between the runs become columns (config groups and overridden keys). Runs that
+differ only by a seed (`seed`, `seeds.*`) are grouped into one row showing mean +- sample standard deviation.
+No torch import: everything comes from the run folders, read by cnnlab.runs.read.read_run.
+The sweep summary written at the end of every multirun uses the same functions (cnnlab/runs/sweeps.py);
+the command line is cnnlab/cli/compare.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.config import GROUPS
+from cnnlab.errors import ConfigError
+from cnnlab.runs.layout import find_runs
+from cnnlab.runs.read import Run, best_epoch, override_key, read_run
+
+SEED_KEYS = ("seed", "seeds.init", "seeds.data", "seeds.augment")
+TEST_ORDER = ("acc", "loss", "f1", "precision", "recall", "auroc", "acc_top5")
+MISSING = "—"
+
+
+# ------------------------------------------------------------------ what differs between runs
+def _format_value(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def settings(run: Run, keys: Sequence[str]) -> dict[str, str]:
+    """The run's option in each config group (cnnlab's order), then its value for each of `keys`, as text."""
+    order = {group: index for index, group in enumerate(GROUPS)}
+    values = dict(sorted(run.choices.items(), key=lambda item: order.get(item[0], len(order))))
+    for key in keys:
+        if key not in values:
+            values[key] = _format_value(run.value(key))
+    return values
+
+
+def varied_keys(runs: Sequence[Run]) -> tuple[list[str], dict[str, str]]:
+    """(keys whose value differs between runs, {key: value} for the options and overrides shared by all)."""
+    keys: list[str] = []
+    for run in runs:
+        for override in run.overrides:
+            key = override_key(override)
+            if key and key not in run.choices and key not in keys:
+                keys.append(key)
+    table = [settings(run, keys) for run in runs]
+    every = list(dict.fromkeys(k for values in table for k in values))
+    differing = [k for k in every if len({values.get(k, MISSING) for values in table}) > 1]
+    common = {k: v for k, v in table[0].items() if k not in differing} if runs else {}
+    return differing, common
+
+
+# ------------------------------------------------------------------ columns of numbers
+@dataclass(frozen=True)
+class Column:
+    """One numeric column: how to get it from a run, how to print it, and whether to show a spread."""
+
+    key: str  # CSV name
+    header: str  # table / Markdown heading
+    get: Callable[[Run], float | None]
+    digits: int = 4
+    spread: bool = True  # show mean ± std over seeds (else the value, or the mean where values differ)
+    brief: bool = True  # shown in the terminal table too (the exports show every column)
+
+
+def _best(run: Run, monitor: str, mode: str) -> dict[str, Any] | None:
+    column = monitor.replace("/", "_")
+    row = best_epoch(run.metrics, column, mode)
+    if row is None and (run.summary.get("best") or {}).get(column) is not None:
+        row = run.summary["best"]
+    return row
+
+
+def columns_for(runs: Sequence[Run], monitor: str, mode: str) -> list[Column]:
+    """Best validation metric and its epoch, every test metric any run has, parameters, duration."""
+    column = monitor.replace("/", "_")
+
+    def best_value(run: Run) -> float | None:
+        row = _best(run, monitor, mode)
+        return None if row is None else row.get(column)
+
+    def best_at(run: Run) -> float | None:
+        row = _best(run, monitor, mode)
+        return None if row is None else row.get("epoch")
+
+    found = {key.split("/", 1)[1] for run in runs for key in (run.summary.get("test") or {}) if "/" in key}
+    tests = [name for name in TEST_ORDER if name in found] + sorted(found - set(TEST_ORDER))
+
+    def test_metric(name: str) -> Callable[[Run], float | None]:
+        return lambda run: (run.summary.get("test") or {}).get(f"test/{name}")
+
+    return [
+        Column(f"best_{column}", f"best {monitor}", best_value),
+        Column("best_epoch", "epoch", best_at, digits=0, spread=False),
+        *[Column(f"test_{name}", f"test {name}", test_metric(name), brief=name in TEST_ORDER[:3])
+          for name in tests],
+        Column("params", "params", lambda run: run.summary.get("params"), digits=0, spread=False),
+        Column("duration_s", "duration (s)", lambda run: run.summary.get("duration_s"), digits=1),
+    ]
+
+
+# ------------------------------------------------------------------ rows: one run, or runs differing by seed
+@dataclass
+class Row:
+    """One line of the comparison: its differing settings and the runs behind it."""
+
+    settings: dict[str, str]
+    runs: list[Run]
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [run for run in self.runs if run.status == "completed"]
+
+    @property
+    def failed(self) -> list[Run]:
+        return [run for run in self.runs if run.status != "completed"]
+
+    def values(self, column: Column) -> list[float]:
+        found = (column.get(run) for run in self.completed)
+        return [float(v) for v in found if v is not None and math.isfinite(float(v))]
+
+    def stats(self, column: Column) -> tuple[float | None, float | None]:
+        """(mean, sample standard deviation) over completed runs; std is None below two values."""
+        values = self.values(column)
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) >= 2 else None
+
+    def verdict(self) -> str:
+        """The runs' fitting diagnoses (summary.json "diagnosis"), and their debug mode when they ran in one."""
+        verdicts = sorted({(run.summary.get("diagnosis") or {}).get("verdict") for run in self.completed} - {None})
+        debug = sorted({run.summary.get("debug") for run in self.runs} - {None})
+        return "/".join(verdicts) + (f" [debug={','.join(debug)}]" if debug else "") or MISSING
+
+    def label(self) -> str:
+        """What sets this row apart, e.g. `loss=nll` (keys the row's runs do not have are left out)."""
+        return " ".join(f"{k}={v}" for k, v in self.settings.items() if v != MISSING) or " ".join(self.names)
+
+
+@dataclass
+class Comparison:
+    """Runs side by side: the differing keys, the rows (seed groups or runs) sorted by the monitored metric."""
+
+    runs: list[Run]
+    differing: list[str]  # the columns: what differs, seed keys left out when seeds are grouped
+    varied: list[str]  # everything that differs, seeds included
+    common: dict[str, str]
+    monitor: str
+    mode: str
+    grouped: bool
+    rows: list[Row]
+    columns: list[Column]
+
+    @property
+    def failures(self) -> list[tuple[str, Row, Run]]:
+        return [(name, row, run) for row in self.rows for name, run in zip(row.names, row.runs)
+                if run.status != "completed"]
+
+    def cell(self, row: Row, column: Column) -> str:
+        mean, std = row.stats(column)
+        if mean is None:
+            return MISSING
+        if std is not None and column.spread:
+            return f"{mean:.{column.digits}f} ± {std:.{column.digits}f}"
+        digits = column.digits if std is None or std == 0 else max(column.digits, 1)
+        return f"{mean:,.{digits}f}" if column.key == "params" else f"{mean:.{digits}f}"
+
+    def shown(self, brief: bool) -> list[Column]:
+        return [column for column in self.columns if column.brief or not brief]
+
+
+def _names(runs: Sequence[Run]) -> list[str]:
+    paths = [run.path.resolve() for run in runs]
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = Path(os.path.commonpath(paths))
+    return [str(p.relative_to(root)) or p.name for p in paths]
+
+
+def _monitor(runs: Sequence[Run]) -> tuple[str, str]:
+    seen = Counter((run.summary["monitor"], run.summary.get("mode", "max")) for run in runs
+                   if run.summary.get("monitor"))
+    return seen.most_common(1)[0][0] if seen else ("val/acc", "max")
+
+
+def compare(runs: Sequence[Run], per_run: bool = False) -> Comparison:
+    """Group runs that differ only by seed (unless per_run), one row each, best monitored value first."""
+    runs = list(runs)
+    differing, common = varied_keys(runs)
+    grouped = not per_run and any(k in SEED_KEYS for k in differing)
+    shown = [k for k in differing if not (grouped and k in SEED_KEYS)]
+    names = _names(runs)
+    rows: dict[tuple[str, ...], Row] = {}
+    for name, run in zip(names, runs):
+        values = settings(run, differing)
+        key = tuple(values.get(k, MISSING) for k in shown) if grouped else (name,)
+        row = rows.setdefault(key, Row({k: values.get(k, MISSING) for k in shown}, []))
+        row.runs.append(run)
+        row.names.append(name)
+    monitor, mode = _monitor(runs)
+    columns = columns_for(runs, monitor, mode)
+
+    def order(row: Row) -> tuple[bool, float]:
+        mean = row.stats(columns[0])[0]
+        return mean is None, (0.0 if mean is None else -mean if mode == "max" else mean)
+
+    return Comparison(runs, shown, differing, common, monitor, mode, grouped, sorted(rows.values(), key=order),
+                      columns)
+
+
+def load(paths: Sequence[Path], errors: dict[Path, str] | None = None) -> list[Run]:
+    """Every run folder in or under `paths`; `errors` gives the reason for runs that left no summary.json."""
+    runs: list[Run] = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError("compare", str(path), message=f"{path}: no such folder")
+        found = find_runs(path)
+        if not found:
+            raise ConfigError("compare", str(path), message=f"{path}: no run folders here (none holds .hydra/)")
+        runs += [read_run(folder) for folder in found if all(folder != run.path for run in runs)]
+    for run in runs:
+        reason = (errors or {}).get(run.path.resolve())
+        if reason and run.status != "completed":  # Hydra saw the job fail; its summary.json may say more
+            run.status, run.error = "failed", run.summary.get("error") or reason
+    return runs
+
+
+# ------------------------------------------------------------------ output: table, Markdown, CSV, PNG
+def _headers(comparison: Comparison, brief: bool = False) -> list[str]:
+    heads = list(comparison.differing)
+    heads += ["seeds"] if comparison.grouped else []
+    heads += [] if brief and comparison.grouped else ["runs" if comparison.grouped else "run"]
+    heads += [column.header for column in comparison.shown(brief)]
+    heads.append("diagnosis")
+    if comparison.failures:
+        heads.append("failed" if comparison.grouped else "status")
+    return heads
+
+
+def _cells(comparison: Comparison, row: Row, brief: bool = False) -> list[str]:
+    cells = [row.settings[k] for k in comparison.differing]
+    cells += [str(len(row.completed))] if comparison.grouped else []
+    cells += [] if brief and comparison.grouped else [", ".join(row.names)]
+    cells += [comparison.cell(row, column) for column in comparison.shown(brief)]
+    cells.append(row.verdict())
+    if comparison.failures:
+        cells.append(str(len(row.failed)) if comparison.grouped else row.runs[0].status)
+    return cells
+
+
+def _caption(comparison: Comparison) -> str:
+    count = len(comparison.runs)
+    order = "highest" if comparison.mode == "max" else "lowest"
+    text = f"{count} run{'s' * (count != 1)}, sorted by best {comparison.monitor} ({order} first)"
+    if comparison.grouped:
+        text += "; runs that differ only by seed are grouped: mean ± sample std over the seeds"
+    return text
+
+
+def _common_line(comparison: Comparison) -> str:
+    return " ".join(f"{k}={v}" for k, v in comparison.common.items())
+
+
+def _failure_lines(comparison: Comparison) -> list[str]:
+    lines = []
+    for name, _, run in comparison.failures:
+        values = settings(run, comparison.varied)
+        label = " ".join(f"{k}={values.get(k, MISSING)}" for k in comparison.varied)
+        lines.append(f"{name}{f' ({label})' if label else ''}: {run.status}: {run.error or 'no reason recorded'}")
+    return lines
+
+
+def print_table(comparison: Comparison) -> None:
+    """The terminal table, then the runs that failed. Shorter than the exports: of the test metrics only
+    accuracy, loss and F1, and no list of run folders for seed groups."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output has no terminal width: rich's 80 columns would fold every number, so allow a wide line.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=_caption(comparison), caption=f"same in all: {_common_line(comparison)}",
+                  title_justify="left", caption_justify="left")
+    runs_column = -1 if comparison.grouped else len(comparison.differing)
+    for index, head in enumerate(_headers(comparison, brief=True)):
+        if index < len(comparison.differing):
+            table.add_column(head, style="bold", no_wrap=True)
+        else:  # when the line is too long only the list of run folders folds, never a number or a choice
+            table.add_column(head, justify="left" if index == runs_column else "right",
+                             no_wrap=index != runs_column, overflow="fold" if index == runs_column else "ellipsis")
+    for row in comparison.rows:
+        table.add_row(*_cells(comparison, row, brief=True))
+    console.print(table)
+    for text in _failure_lines(comparison):
+        console.print(f"[red]failed[/red] {text}", highlight=False)
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """A Markdown table (GitHub style) of every column, with the caption and the runs that failed."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    heads = _headers(comparison)
+    lines = [f"{_caption(comparison)}.", "", f"Same in all runs: `{_common_line(comparison)}`", "",
+             line(heads), "| " + " | ".join("---" for _ in heads) + " |"]
+    lines += [line(_cells(comparison, row)) for row in comparison.rows]
+    failures = _failure_lines(comparison)
+    if failures:
+        lines += ["", f"Failed runs ({len(failures)}):", ""] + [f"- {text}" for text in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def to_csv(comparison: Comparison) -> str:
+    """One line per row; numbers in full precision, `<column>_std` beside each mean when seeds are grouped."""
+    heads = list(comparison.differing) + (["seeds"] if comparison.grouped else []) + ["runs"]
+    for column in comparison.columns:
+        heads += [column.key] + ([f"{column.key}_std"] if comparison.grouped and column.spread else [])
+    heads += ["diagnosis", "failed", "errors"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(heads)
+    for row in comparison.rows:
+        cells: list[Any] = [row.settings[k] for k in comparison.differing]
+        cells += [len(row.completed)] if comparison.grouped else []
+        cells.append(" ".join(row.names))
+        for column in comparison.columns:
+            mean, std = row.stats(column)
+            cells.append(_csv_number(mean))
+            if comparison.grouped and column.spread:
+                cells.append(_csv_number(std))
+        cells += [row.verdict(), len(row.failed), " | ".join(f"{run.status}: {run.error or ''}" for run in row.failed)]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _mean_curve(runs: Sequence[Run], metric: str) -> list[tuple[float, float]]:
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for r in run.metrics:
+            if r.get(metric) is not None and r.get("epoch") is not None:
+                by_epoch.setdefault(r["epoch"], []).append(r[metric])
+    return [(epoch, statistics.fmean(values)) for epoch, values in sorted(by_epoch.items())]
+
+
+def plot_overlay(comparison: Comparison, path: Path) -> None:
+    """Validation loss and accuracy per epoch of every run in one PNG, one colour and legend entry per row.
+
+    Grouped seeds: each run thin, their mean thick. Rows cycle through line styles too, so curves that
+    coincide (as fair runs of equivalent losses do) stay visible.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.get_cmap("tab10" if len(comparison.rows) <= 10 else "tab20")
+    styles, markers = ("-", "--", ":", "-."), "osD^v<>"
+    for index, row in enumerate(comparison.rows):
+        label = row.label() + (f" ({len(row.runs)} seeds)" if comparison.grouped else "")
+        look = {"color": colours(index % colours.N), "linestyle": styles[index % len(styles)],
+                "marker": markers[index % len(markers)], "markersize": 4}
+        for ax, metric in zip(axes, ("val_loss", "val_acc")):
+            if comparison.grouped:
+                for run in row.runs:
+                    points = _mean_curve([run], metric)
+                    if points:
+                        ax.plot(*zip(*points), color=look["color"], linewidth=0.8, alpha=0.35)
+            points = _mean_curve(row.runs, metric)
+            if points:
+                ax.plot(*zip(*points), label=label, linewidth=2 if comparison.grouped else 1.5, **look)
+    for ax, name in zip(axes, ("validation loss", "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name + (" (mean over seeds)" if comparison.grouped else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    columns = max(1, min(len(handles), 3))
+    legend_rows = math.ceil(len(handles) / columns)
+    fig.set_size_inches(12, 4.5 + 0.25 * legend_rows)
+    if handles:  # below the plots, so that long labels are never cut off
+        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize="small", frameon=False)
+    fig.suptitle(textwrap.fill(_common_line(comparison), 160), fontsize="small")
+    fig.tight_layout(rect=(0, (0.3 + 0.25 * legend_rows) / (4.5 + 0.25 * legend_rows), 1, 1))
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")  # whole or absent, never half-written
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+EXPORTS: dict[str, Callable[[Comparison], str]] = {"md": to_markdown, "csv": to_csv}

@@ -1,0 +1,103 @@
+"""The Lightning callbacks of one run, and the one that writes metrics.csv and curves.png as it goes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
+
+from cnnlab.runs.layout import CHECKPOINT_DIR, CURVES_FILE, last_checkpoint
+from cnnlab.runs.read import read_metrics
+from cnnlab.runs.write import plot_curves, write_metrics
+from cnnlab.train.failures import FaultInjection, FiniteLossGuard
+from cnnlab.train.fastpaths import EpochCheckpoint, LearningRates
+from cnnlab.train.interrupts import GracefulStop, StopRequest
+from cnnlab.train.resume import ResumeState
+
+
+class RunLog(pl.Callback):
+    """Appends a metrics.csv row at the end of every training epoch and draws curves.png at the end of fit."""
+
+    def __init__(self, run_dir: Path, title: str = ""):
+        self.run_dir, self.title = Path(run_dir), title
+        self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
+        self._epoch_start = time.perf_counter()
+        self.first_step_at: float | None = None  # wall-clock time of the first training batch (start-up cost)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        # Callbacks' epoch-end hooks run before the module's, which logs the training metrics: ask the module.
+        own = getattr(pl_module, "epoch_train_metrics", dict)()
+        metrics = {**trainer.callback_metrics, **own}
+
+        def value(key: str) -> float | None:
+            return float(metrics[key]) if key in metrics else None
+
+        row = {
+            "epoch": trainer.current_epoch + 1,  # 1-based: the number of epochs done
+            "step": trainer.global_step,
+            "train_loss": value("train/loss"),
+            "train_acc": value("train/acc"),
+            "val_loss": value("val/loss"),
+            "val_acc": value("val/acc"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+            "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
+        }
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        write_metrics(self.run_dir, self.rows)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.rows:
+            plot_curves(self.rows, self.run_dir / CURVES_FILE, self.title)
+
+
+def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequest) -> list[Any]:
+    """The run's own callbacks: checkpoints, logs, fault handling (GracefulStop last), progress bar."""
+    callbacks: list[Any] = [
+        EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=cfg.monitor, mode=mode,
+                        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+        # Every epoch's end (Lightning's save_last only follows the best): what resume and failures fall back on.
+        EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", enable_version_counter=False),
+        LearningRates(),
+        RunLog(run_dir, title=title),
+        *fault_callbacks(cfg, run_dir, stop),
+    ]
+    if cfg.early_stopping.enabled:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping.patience,
+                                       min_delta=cfg.early_stopping.min_delta))
+    bar = cfg.progress_bar
+    if bar == "auto":
+        bar = "rich" if sys.stdout.isatty() else "none"
+    if bar == "rich":
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    elif bar == "tqdm":
+        from pytorch_lightning.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())
+    return callbacks
+
+
+def fault_callbacks(cfg: Any, run_dir: Path, request: StopRequest) -> list[pl.Callback]:
+    """The fault-handling callbacks of one run (GracefulStop last, so a checkpoint it saves follows the others)."""
+    result: list[pl.Callback] = [ResumeState(), FiniteLossGuard()]
+    inject = cfg.get("fault_injection") or {}
+    if inject.get("signal_at_step") is not None or inject.get("nan_at_step") is not None:
+        result.append(FaultInjection(inject.get("signal_at_step"), inject.get("signal", "SIGTERM"),
+                                     inject.get("nan_at_step")))
+    result.append(GracefulStop(request, last_checkpoint(run_dir)))
+    return result

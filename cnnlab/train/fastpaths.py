@@ -1,0 +1,227 @@
+"""Lightning pieces replaced to save time per training step, each with the cost it removes (measured on a
+2-core CPU with scripts/bench_overhead.py; a small model's own step takes ~1-3 ms there).
+
+| replacement            | replaces                                  | cost removed per step                      |
+|------------------------|-------------------------------------------|--------------------------------------------|
+| EpochMeans             | MeanMetric + Accuracy + self.log per step | ~0.25 ms metrics, ~0.7 ms per log call     |
+| LearningRates          | LearningRateMonitor                       | ~0.3 ms (a logger call per step)           |
+| CallbackGroup          | one Lightning callback per cnnlab callback | ~18 us per callback                       |
+| EpochCheckpoint        | ModelCheckpoint's per-batch checks        | ~30 us per checkpoint callback             |
+| LeanSteps              | LightningModule.configure_gradient_clipping with nothing to clip | ~30 us          |
+| cpu_cuda_check         | PYTORCH_NVML_BASED_CUDA_CHECK on CPU runs | ~60 us (Adam asks for CUDA every step)     |
+
+Everything else in cnnlab uses Lightning's own pieces as their users know them. Each replacement is tested to
+give the same results as the piece it replaces (tests/test_fastpaths.py), and the private Lightning and
+torchmetrics names they lean on are checked by tests/test_private_apis.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
+from torchmetrics import Metric
+
+from cnnlab.train.optim import lr_tags
+
+
+class EpochMeans(Metric):
+    """The sample-weighted mean loss and the accuracy of one epoch, kept as running sums on the loss's device.
+
+    Multi-class accuracy is top-1; multi-label accuracy is the fraction of label decisions (thresholded at 0.5) that
+    are right. Updated every step, so it is a few in-place additions: torchmetrics' MeanMetric and
+    MulticlassAccuracy cost ~0.25 ms a step on a small model (input checks, one-hot statistics). compute() reduces
+    the sums over DDP ranks, and the states travel in mid-epoch checkpoints (cnnlab.faults.ResumeState).
+    """
+
+    full_state_update = False
+
+    def __init__(self, multilabel: bool = False):
+        super().__init__()
+        self.multilabel = multilabel
+        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("samples", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("decisions", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor, probs: Tensor, targets: Tensor) -> None:
+        """`loss` is the batch mean; `probs` (B, C) and `targets` as ClassifierModule._step returns them."""
+        self.loss_sum += loss.detach().float() * len(targets)
+        self.samples += len(targets)
+        if self.multilabel:
+            self.correct += ((probs > 0.5) == targets.bool()).sum()  # torchmetrics' rule: > threshold
+            self.decisions += targets.numel()
+        else:
+            self.correct += (probs.argmax(1) == targets).sum()
+            self.decisions += len(targets)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"loss": self.loss_sum / self.samples, "acc": self.correct / self.decisions}
+
+
+class LearningRates(pl.Callback):
+    """The lr of every parameter group at every optimizer step, in TensorBoard under the tags of optim.lr_tags.
+
+    Lightning's LearningRateMonitor sends each step's lr through the loggers as the step begins, which cost ~0.3 ms a
+    step (the largest per-step cost next to a small model's own work). This reads the rates into a list and hands
+    them to the loggers every `flush_every` steps, at each epoch's end, before a checkpoint is written and when
+    training stops or fails, so TensorBoard ends up with the same points.
+    """
+
+    def __init__(self, flush_every: int = 200):
+        self.flush_every = flush_every
+        self.tags: list[str] = []
+        self.pending: list[tuple[int, list[float]]] = []  # (step, lr of each group) not yet written
+        self.last_step = -1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self.last_step:  # gradient accumulation: several batches, one optimizer step
+            return
+        self.last_step = step
+        optimizers = trainer.optimizers
+        self.pending.append((step, [group["lr"] for optimizer in optimizers for group in optimizer.param_groups]))
+        if len(self.pending) >= self.flush_every:
+            self.flush(trainer)
+
+    def flush(self, trainer: pl.Trainer) -> None:
+        if not self.pending:
+            return
+        if not self.tags:
+            self.tags = lr_tags(trainer.optimizers)
+        pending, self.pending = self.pending, []
+        for logger in trainer.loggers:
+            for step, rates in pending:
+                logger.log_metrics(dict(zip(self.tags, rates)), step=step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.flush(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.flush(trainer)
+
+
+class CallbackGroup(pl.Callback):
+    """Callbacks that Lightning sees as one: each hook is passed on only to the members that define it, in order.
+
+    Lightning calls every hook of every callback at every step, defined or not: ~18 us per callback per step
+    (measured with no-op callbacks), which is felt next to a small model's step. `grouped` gathers cnnlab's
+    stateless callbacks into one; Checkpoints and callbacks with a state_dict stay apart, as Lightning orders and
+    keys those itself.
+    """
+
+    HOOKS = tuple(name for name in vars(pl.Callback) if name.startswith("on_") or name in ("setup", "teardown"))
+
+    def __init__(self, members: list[pl.Callback]):
+        self.members = members
+        for hook in self.HOOKS:
+            takers = [getattr(m, hook) for m in members if getattr(type(m), hook) is not getattr(pl.Callback, hook)]
+            if takers:
+                setattr(self, hook, self._fan_out(takers))
+
+    @staticmethod
+    def _fan_out(takers: list[Any]) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            for taker in takers:
+                taker(*args, **kwargs)
+
+        return call
+
+    @property
+    def state_key(self) -> str:
+        return "CallbackGroup[" + ",".join(member.state_key for member in self.members) + "]"
+
+    @staticmethod
+    def grouped(callbacks: list[pl.Callback]) -> list[pl.Callback]:
+        """The same callbacks, cnnlab's stateless ones gathered into one group where the first of them stood."""
+        from pytorch_lightning.callbacks import Checkpoint
+
+        def groupable(callback: pl.Callback) -> bool:
+            return (type(callback).__module__.startswith("cnnlab.") and not isinstance(callback, Checkpoint)
+                    and type(callback).state_dict is pl.Callback.state_dict)
+
+        members = [c for c in callbacks if groupable(c)]
+        if len(members) < 2:
+            return callbacks
+        first = callbacks.index(members[0])
+        rest = [c for c in callbacks if not groupable(c)]
+        return rest[:first] + [CallbackGroup(members)] + rest[first:]
+
+    @staticmethod
+    def flat(callbacks: list[pl.Callback]) -> list[pl.Callback]:
+        """The callbacks with every group replaced by its members."""
+        return [m for c in callbacks for m in (c.members if isinstance(c, CallbackGroup) else [c])]
+
+
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint saving at epoch ends only, without its per-step costs (~30 us a step each, measured).
+
+    Lightning rebuilds a checkpoint callback's state_key (a repr of its settings) at every hook call and runs its
+    step-based save checks after every batch; neither can change the outcome for one that saves per epoch.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # ModelCheckpoint's own key, so checkpoints written before this class existed restore the best score.
+        self._key = super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    @property
+    def state_key(self) -> str:
+        return self._key
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+
+
+class LeanSteps:
+    """LightningModule mixin: gradient clipping only when there is something to clip.
+
+    Lightning's own path checks its settings at every step (~30 us) even with nothing to clip.
+    """
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if gradient_clip_val:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,  # type: ignore[misc]
+                                                gradient_clip_algorithm)
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+@contextmanager
+def cpu_cuda_check(on_cpu: bool) -> Iterator[None]:
+    """On a CPU run, PYTORCH_NVML_BASED_CUDA_CHECK unset for the run's duration, then put back.
+
+    Lightning sets it (so that checking for CUDA does not break later forks); with it, torch.cuda.is_available()
+    tries to load NVML at each call, and Adam/AdamW ask at every step (Optimizer._accelerator_graph_capture_health_
+    check): ~60 us a step on a machine without a GPU driver. A run on the CPU never forks a CUDA user, so the plain
+    check (~1 us) is safe.
+    """
+    saved = os.environ.get(NVML_CHECK)
+    if on_cpu:
+        os.environ.pop(NVML_CHECK, None)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(NVML_CHECK, None)
+        else:
+            os.environ[NVML_CHECK] = saved

@@ -1,0 +1,164 @@
+"""ClassifierModule: the training step, the loss/head pairing, metrics, and optimizer/scheduler wiring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MultilabelAccuracy,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
+
+from cnnlab.train.fastpaths import EpochMeans, LeanSteps
+from cnnlab.train.losses import Objective
+from cnnlab.train.optim import RunLength, build_optimizer, build_scheduler
+
+
+def multilabel_scores(num_classes: int) -> dict[str, Metric]:
+    """Macro F1 at threshold 0.5, per-label F1 (`f1_label` -> test/f1_label_<i>) and mAP (macro average precision)."""
+    return {
+        "f1": MultilabelF1Score(num_classes, threshold=0.5, average="macro"),
+        "f1_label": MultilabelF1Score(num_classes, threshold=0.5, average="none"),
+        "map": MultilabelAveragePrecision(num_classes, average="macro"),
+    }
+
+
+def test_metrics(num_classes: int, multilabel: bool = False) -> MetricCollection:
+    """Accuracy (top-1, top-5 where classes > 5), macro precision / recall / F1 and AUC-ROC; multi-label: F1, mAP."""
+    if multilabel:
+        return MetricCollection({"acc": MultilabelAccuracy(num_classes, threshold=0.5, average="micro"),
+                                 **multilabel_scores(num_classes)})
+    metrics: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "precision": MulticlassPrecision(num_classes, average="macro"),
+        "recall": MulticlassRecall(num_classes, average="macro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+        "auroc": MulticlassAUROC(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics)
+
+
+class ClassifierModule(LeanSteps, pl.LightningModule):
+    """A model trained with one objective; logs `<split>/loss` and `<split>/acc` per epoch."""
+
+    def __init__(self, model: nn.Module, objective: Objective, num_classes: int, optimizer: Any,
+                 scheduler: Any, monitor: str = "val/acc", mode: str = "max", config: dict | None = None,
+                 channels_last: bool = False):
+        super().__init__()
+        self.model, self.objective, self.num_classes = model, objective, num_classes
+        # NHWC memory layout for convolutions (faster on GPUs with tensor cores, and with bf16); same numbers.
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.monitor, self.mode = monitor, mode
+        self.config = config  # plain data, saved inside checkpoints for eval/predict/resume
+        self.multilabel = objective.multilabel
+        # Logged once per epoch, not per step: Lightning's self.log costs ~0.7 ms a call, the largest per-step cost
+        # next to a small model's own step (scripts/bench_overhead.py).
+        self.train_means = EpochMeans(self.multilabel)
+        self.val_means = EpochMeans(self.multilabel)
+        self.val_scores = MetricCollection({k: v for k, v in multilabel_scores(num_classes).items()
+                                            if k != "f1_label"}, prefix="val/") if self.multilabel else None
+        self.test_scores = test_metrics(num_classes, self.multilabel)
+        self.test_confusion = None if self.multilabel else MulticlassConfusionMatrix(num_classes)
+        self.confusion: Tensor | None = None
+        self.test_samples = 0  # images seen by the last test (eval reports it)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.objective.needs_class_counts and datamodule is not None:
+            self.objective.fit_class_weights(datamodule.train_labels())
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    # ------------------------------------------------------------ steps
+    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss, class probabilities and the targets the metrics compare them with."""
+        images, labels = batch
+        raw = self(images)
+        return self.objective(raw, labels), self.objective.probabilities(raw.detach()), self._metric_targets(labels)
+
+    def _metric_targets(self, labels: Tensor) -> Tensor:
+        """Class indices (argmax of mixup/cutmix target vectors), or 0/1 label vectors on multi-label data."""
+        if self.multilabel:
+            return (labels >= 0.5).long()
+        return labels.argmax(1) if labels.ndim == 2 else labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, probs, targets = self._step(batch)
+        self.train_means.update(loss, probs, targets)
+        return loss
+
+    def epoch_train_metrics(self) -> dict[str, Tensor]:
+        """The training loss and accuracy of the epoch so far (reduced over DDP ranks by the metrics)."""
+        if self.train_means.update_count == 0:
+            return {}
+        return {f"train/{name}": value for name, value in self.train_means.compute().items()}
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.epoch_train_metrics().items():
+            self.log(name, value)
+        self.train_means.reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, probs, targets = self._step(batch)
+        self.val_means.update(loss, probs, targets)
+        if self.val_scores is not None:
+            self.val_scores.update(probs, targets)
+            self.log_dict(self.val_scores, on_epoch=True, batch_size=len(targets))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_means.update_count:
+            for name, value in self.val_means.compute().items():
+                self.log(f"val/{name}", value, prog_bar=True)
+        self.val_means.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_samples = 0
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, probs, targets = self._step(batch)
+        self.test_samples += len(targets)
+        self.test_scores.update(probs, targets)
+        if self.test_confusion is not None:
+            self.test_confusion.update(probs, targets)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_scores.compute().items():
+            if value.ndim:  # per-label values: one entry each
+                for index, item in enumerate(value):
+                    self.log(f"test/{name}_{index}", item, sync_dist=True)
+            else:
+                self.log(f"test/{name}", value, sync_dist=True)  # already reduced over ranks: the mean keeps it
+        self.test_scores.reset()
+        if self.test_confusion is not None:
+            self.confusion = self.test_confusion.compute().cpu()
+            self.test_confusion.reset()
+
+    # ------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.optimizer_cfg, self.model)
+        schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))
+        return ([optimizer], schedulers) if schedulers else optimizer
+
+    # ------------------------------------------------------------ checkpoints carry the config as plain data
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cnnlab"] = {"config": self.config, "num_classes": self.num_classes}
