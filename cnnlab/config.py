@@ -5,6 +5,7 @@ Imports only cnnlab.errors; checks of a composed config live in cnnlab/validate.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,25 @@ from cnnlab.errors import config_error_in
 # The built-in configs, shipped inside the package (package data).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "augmentation", "trainer")
+
+# The user's own config folders: `conf/` in the working folder when present, then CNNLAB_CONFIG_PATH (folders
+# separated by the OS path separator, like PATH). Each holds group folders (model/, loss/, dataset/, ...) beside
+# the built-in ones; an option with a built-in name shadows it.
+CONFIG_PATH_ENV = "CNNLAB_CONFIG_PATH"
+LOCAL_CONF = "conf"
+
+
+def user_config_dirs() -> list[Path]:
+    """The user's config folders for this process, resolved, in search order (existing folders only)."""
+    candidates = [Path.cwd() / LOCAL_CONF] + [Path(p).expanduser() for p in
+                                               os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    found: list[Path] = []
+    for folder in candidates:
+        folder = folder.resolve()
+        if folder.is_dir() and folder != CONF_DIR.resolve() and folder not in found:
+            found.append(folder)
+    return found
+
 
 # Keys that describe an option for people (`cnnlab list`) or for cnnlab itself; never passed to `_target_`.
 META_KEYS = ("description",)
