@@ -24,14 +24,23 @@ def test_overfit_drives_training_loss_to_zero(tmp_path: Path):
     assert json.loads((run / "summary.json").read_text())["debug"] == "overfit"
 
 
+# What each mode does to a run on 1,800 training images in batches of 8 (225 batches an epoch): (optimizer steps,
+# epochs in metrics.csv, checkpoints written). fdr: 5 batches, one epoch row, no checkpoints; limit: 10% of
+# the batches (22) for 2 epochs; overfit: the same 4 batches for its 1 epoch here; profiler: 50 batches, 1 epoch.
+DEBUG_EFFECTS = {"fdr": (5, 1, False), "limit": (44, 2, True), "overfit": (4, 1, True), "profiler": (50, 1, True)}
+
+
 @pytest.mark.parametrize("mode", sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml")))
 def test_every_debug_mode_runs_and_is_marked(tmp_path: Path, mode: str):
     run = tmp_path / "run"
-    # enough synthetic data that 10% of each split (debug=limit) is still a whole batch
-    extra = ["trainer.max_epochs=1"] if mode == "overfit" else ["dataset.source.num_train=2000", "batch_size=8"]
-    assert main(["train", "dataset=synthetic", "model=mlp", f"debug={mode}", "progress_bar=none", *extra,
-                 f"hydra.run.dir={run}"]) == 0
-    assert json.loads((run / "summary.json").read_text())["debug"] == mode
+    extra = ["trainer.max_epochs=1"] if mode == "overfit" else []
+    assert main(["train", "dataset=synthetic", "model=mlp", f"debug={mode}", "progress_bar=none",
+                 "dataset.source.num_train=2000", "batch_size=8", *extra, f"hydra.run.dir={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["debug"] == mode and summary["status"] == "completed"
+    steps, epochs, checkpoints = DEBUG_EFFECTS[mode]
+    assert (summary["steps"], summary["epochs"]) == (steps, epochs)
+    assert (run / "checkpoints" / "last.ckpt").is_file() == checkpoints
     if mode == "profiler":
         report = next(run.glob("*profile*.txt"))
         assert "run_training_epoch" in report.read_text()

@@ -101,7 +101,39 @@ def test_eval_bad_arguments_are_one_line(trained_run: Path, capsys: pytest.Captu
     assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and expected in lines[0], err
 
 
-def test_eval_and_predict_help(capsys: pytest.CaptureFixture):
-    for command, option in (("eval", "--out"), ("predict", "--top-k")):
-        code, out, _ = run_cli(capsys, command, "--help")
-        assert code == 0 and option in out and f"usage: cnnlab {command}" in out
+def test_eval_and_predict_help_lists_every_option(capsys: pytest.CaptureFixture):
+    from cnnlab.cli import eval as eval_command
+    from cnnlab.cli import predict as predict_command
+
+    for command, module in (("eval", eval_command), ("predict", predict_command)):
+        code, out, err = run_cli(capsys, command, "--help")
+        assert code == 0 and err == "" and out.startswith(f"usage: cnnlab {command}")
+        options = [o for action in module.parser()._actions for o in action.option_strings if o.startswith("--")]
+        assert options and all(option in out for option in options)
+
+
+def test_eval_out_writes_the_report_where_asked(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, out, _ = run_cli(capsys, "eval", trained_run, "--out", tmp_path / "elsewhere")
+    assert code == 0
+    report = json.loads((tmp_path / "elsewhere" / "best_test.json").read_text())
+    assert report["split"] == "test" and report["samples"] > 0 and 0 <= report["metrics"]["acc"] <= 1
+    assert not (trained_run / "eval" / "best_test.json").exists() or "elsewhere" in out
+
+
+def test_eval_of_a_multilabel_run_reports_per_label_f1(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Multi-label runs evaluate through the same test step as training's final test (eval used to crash)."""
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "dataset=synthetic", "dataset.multilabel=true", "loss=bce", "model=mlp",
+                   "dataset.image_size=8", "dataset.num_classes=4", "dataset.source.num_train=128",
+                   "dataset.source.num_test=40", "trainer.max_epochs=1", "progress_bar=none",
+                   f"hydra.run.dir={run}")[0] == 0
+    tested = json.loads((run / "summary.json").read_text())["test"]
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0, err
+    report = json.loads((run / "eval" / "best_test.json").read_text())
+    assert report["multilabel"] is True and report["confusion_matrix"] is None and report["samples"] == 40
+    assert [row["class"] for row in report["per_class"]] == ["0", "1", "2", "3"]
+    for name in ("acc", "f1", "map", "loss"):  # the numbers training's own test logged
+        assert report["metrics"][name] == pytest.approx(tested[f"test/{name}"], abs=1e-6)
+    assert [row["f1"] for row in report["per_class"]] == pytest.approx([tested[f"test/f1_label_{i}"] for i in range(4)])
+    assert "Per label" in out

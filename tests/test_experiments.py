@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_image_folder
+from omegaconf import OmegaConf
 
 from cnnlab.cli import main
 from cnnlab.config import CONF_DIR, compose
@@ -30,7 +31,8 @@ def test_every_preset_is_listed_with_a_description():
     listing = show(["experiment"])
     for preset in PRESETS:
         line = next(line for line in listing.splitlines() if line.strip().startswith(preset + " "))
-        assert len(line.split(None, 1)) == 2
+        written = OmegaConf.load(CONF_DIR / "experiment" / f"{preset}.yaml").experiment.description
+        assert line.split(None, 1)[1].strip() == written and len(written) > 20
 
 
 def test_keras_preset_sets_the_source_run():

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import QUICK
-from hydra import compose, initialize_config_dir
 
 from cnnlab.cli import main
-from cnnlab.config import CONF_DIR
 
 
 @pytest.mark.slow
@@ -28,15 +26,34 @@ def test_joblib_runs_jobs_in_parallel_processes(tmp_path: Path):
     assert len(pids) == 2 and os.getpid() not in pids, "each job runs in its own worker process"
 
 
-def test_slurm_launcher_config_names_partition_gpus_and_time():
+def test_slurm_launcher_submits_a_script_with_partition_gpus_time_and_the_interrupt_signal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`cnnlab train -m hydra/launcher=slurm ...` through the real submitit plugin, up to the sbatch script it would
+    submit (no cluster here: a stand-in `srun` on PATH, and the submission itself is intercepted)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[launchers]'")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=30"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 4, 30)
+    import submitit
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    captured: list = []
+
+    def map_array(self, *args, **kwargs):  # what the plugin submits: stop here, before sbatch
+        captured.append(self)
+        raise RuntimeError("submission intercepted by the test")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    with pytest.raises(RuntimeError, match="intercepted"):
+        main(["train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+              "hydra.launcher.timeout_min=30", "loss=ce,nll", "dataset=synthetic", f"hydra.sweep.dir={tmp_path / 's'}"])
+    (executor,) = captured
+    script = executor._executor._make_submission_file_text("python -m cnnlab.cli train", "job")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --time=30"):
+        assert line in script, script
+    # SLURM warns the job with a signal before its time limit: cnnlab's interrupt handling saves a checkpoint
+    assert "#SBATCH --signal=USR2@" in script or "#SBATCH --signal=" in script
 
 
 def test_unknown_launcher_names_the_extra(tmp_path: Path, capsys: pytest.CaptureFixture):

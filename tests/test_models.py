@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,7 +93,12 @@ def model_config(name: str, channels: int, size: int, classes: int = 5) -> DictC
 def test_every_catalogue_model_takes_a_training_step(name: str, channels: int, size: int):
     model = build_model(model_config(name, channels, size))
     rows, total, trainable = summarize(model, (channels, size, size))
-    assert total == trainable == count(model) and len(rows) >= 3
+    assert total == trainable == count(model)
+    # the table follows the forward pass: the last layer run gives the 5 logits (SqueezeNet's as 5x1x1), and the
+    # layers run hold the parameters (all of them, but for auxiliary heads an eval-mode pass skips, as in GoogLeNet)
+    assert rows and math.prod(rows[-1].output_shape) == 5
+    run_params = sum({row.name: row.params for row in rows}.values())
+    assert 0.8 * total <= run_params <= total
     first = next(model.parameters())
     before = first.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)

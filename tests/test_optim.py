@@ -216,10 +216,25 @@ def test_weight_decay_everywhere_and_bias_norm_exclusion(name: str):
     assert len(no_decay["params"]) == 4
 
 
-def test_lion_comes_from_lion_pytorch():
+def test_lion_steps_by_the_sign_of_its_momentum():
+    """Lion's rule (lion-pytorch): from zero momentum, the first update is -lr * sign(gradient), after decoupled
+    weight decay w *= 1 - lr * wd; the second follows sign(beta1 * m + (1 - beta1) * g) with m = (1 - beta2) * g1."""
     node = OmegaConf.load(CONF_DIR / "optimizer" / "lion.yaml")
-    optimizer = build_optimizer(node, torch.nn.Linear(2, 2))
-    assert type(optimizer).__module__.startswith("lion_pytorch")
+    node.lr, node.weight_decay = 0.1, 0.5
+    layer = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    optimizer = build_optimizer(node, layer)
+    g1, g2 = torch.tensor([[0.3, -0.1, 0.0]]), torch.tensor([[-1.0, -1.0, 2.0]])
+    w = layer.weight.detach().clone()
+    for grad in (g1, g2):
+        layer.weight.grad = grad.clone()
+        optimizer.step()
+    beta1, beta2 = 0.9, 0.99
+    w = w * (1 - 0.1 * 0.5) - 0.1 * torch.sign((1 - beta1) * g1)
+    momentum = (1 - beta2) * g1
+    w = w * (1 - 0.1 * 0.5) - 0.1 * torch.sign(beta1 * momentum + (1 - beta1) * g2)
+    assert torch.allclose(layer.weight.detach(), w, atol=1e-6), (layer.weight, w)
 
 
 def test_sgd_options_reach_torch():
