@@ -126,3 +126,12 @@ def test_unknown_command_exits_2():
     assert result.stderr.strip() == (
         "cnnlab: error: unknown command 'fly'; choose one of: train, eval, predict, compare, list, lr-find, data "
         "(see cnnlab --help)")
+
+
+@pytest.mark.parametrize("command", [["eval", "RUN"], ["predict", "RUN", "x.png"], ["compare", "RUN"], ["lr-find"],
+                                     ["data", "show"]], ids=lambda c: c[0])
+def test_every_command_parses_options_the_same_way(command: list[str], capsys: pytest.CaptureFixture):
+    """One parser style for every command: an unknown option is one line naming the command, exit 2."""
+    assert main([*command, "--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"cnnlab: error: cnnlab {command[0]}") and "--bogus" in err[0]

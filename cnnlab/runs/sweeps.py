@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 
 from cnnlab.errors import ConfigError, report
 from cnnlab.runs.compare import Comparison, compare, load, plot_overlay, print_table, to_csv, to_markdown
-from cnnlab.runs.layout import SUMMARY_FILE, find_runs
+from cnnlab.runs.layout import SUMMARY_FILE, find_runs, is_run_dir
 from cnnlab.runs.read import read_summary
 from cnnlab.runs.write import atomic_write_text
 
@@ -90,7 +90,7 @@ class SweepFailures(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         runs = [path.parent for path in sorted(sweep_dir.rglob(SUMMARY_FILE))
-                if (path.parent / ".hydra").is_dir() and path.stat().st_mtime >= self.started - 1]
+                if is_run_dir(path.parent) and path.stat().st_mtime >= self.started - 1]
         failed = [run for run in runs if read_summary(run).get("status") == "failed"]
         if failed:
             names = ", ".join(str(run.relative_to(sweep_dir)) for run in failed)

@@ -25,7 +25,7 @@ from torchmetrics import Metric
 
 from cnnlab.config import upgrade
 from cnnlab.errors import ConfigError
-from cnnlab.runs.layout import LAST, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
+from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
 from cnnlab.runs.read import read_metrics, read_summary
 from cnnlab.runs.write import write_metrics
 from cnnlab.train.checkpoint import load_checkpoint
@@ -66,7 +66,7 @@ def _checkpoint_of(value: str) -> tuple[Path | None, Path]:
     if not checkpoint.is_file():
         raise ConfigError("ckpt_path", value, "an existing checkpoint file (a .ckpt written by cnnlab train)")
     run_dir = checkpoint.parent.parent
-    in_run = checkpoint.parent.name == "checkpoints" and is_run_dir(run_dir) and (run_dir / RUN_OVERRIDES).is_file()
+    in_run = checkpoint.parent.name == CHECKPOINT_DIR and is_run_dir(run_dir) and (run_dir / RUN_OVERRIDES).is_file()
     return (run_dir if in_run else None), checkpoint
 
 
