@@ -72,8 +72,14 @@ def test_each_image_of_a_batch_gets_its_own_draw(option: str):
     if option == "flip":  # two outcomes (p=0.5): both occur, in binomial proportions (P(outside 6..26) < 1e-3)
         flipped = int(sum(torch.equal(image, images[0].flip(-1)) for image in out))
         assert len(distinct) == 2 and 6 <= flipped <= 26, flipped
-    else:  # a continuous draw per image: (nearly) every image differs from every other
-        assert len(distinct) >= 24, f"only {len(distinct)} distinct images of 32: draws are shared across images"
+    else:  # a draw per image: the images it changed differ from each other (policies and crop offsets draw from
+        # a few discrete choices, so some coincide there)
+        changed = {tuple(image.flatten().tolist()) for image in out if not torch.equal(image, images[0])}
+        share = 0.5 if option in ("autoaugment", "randaugment", "crop", "standard") else 0.9
+        assert len(changed) >= 8, f"only {len(changed)} of 32 images changed"
+        changed_count = int(sum(not torch.equal(image, images[0]) for image in out))
+        assert len(changed) >= share * changed_count, (
+            f"{changed_count} images changed but only {len(changed)} differently: draws are shared across images")
 
 
 @pytest.mark.parametrize("option", OPTIONS)
