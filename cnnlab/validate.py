@@ -66,7 +66,7 @@ def validate(cfg: Any) -> None:
 
 # Trainer arguments cnnlab sets itself; the first two have config groups of their own.
 OWN_TRAINER_KEYS = {
-    "logger": "loggers are the logger config group: logger=csv, logger=[tensorboard,csv], logger=null, or "
+    "logger": "loggers are the logger config group: logger=csv, logger=[tensorboard,csv], ~logger, or "
               "+logger.NAME._target_=CLASS (docs/extending.md)",
     "callbacks": "callbacks are the callbacks config group: +callbacks.NAME._target_=CLASS +callbacks.NAME.ARG=VALUE "
                  "(docs/extending.md); the run's own callbacks stay on",

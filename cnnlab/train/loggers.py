@@ -1,7 +1,7 @@
 """The run's Lightning loggers, from the `logger` config group: tensorboard (default), csv, mlflow, or any other.
 
 `logger=csv`, `logger=[tensorboard,csv]` (Hydra's list of options) or `+logger.NAME._target_=...` choose them;
-`logger=null` runs with none. The built-in ones write inside the run folder (runs/layout.py LOGGER_DIRS) unless
+`~logger` runs with none. The built-in ones write inside the run folder (runs/layout.py LOGGER_DIRS) unless
 their node says otherwise; a relative `save_dir` is taken inside the run folder too. Whatever the loggers, the run
 folder's own files (metrics.csv, summary.json, curves.png) are written by cnnlab's callbacks, not by a logger.
 """
@@ -29,7 +29,7 @@ def logger_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
         return {}
     if not OmegaConf.is_dict(node):
         raise ConfigError("logger", OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, message=(
-            "logger: choose options of the logger group (logger=csv, logger=[tensorboard,csv], logger=null) or add "
+            "logger: choose options of the logger group (logger=csv, logger=[tensorboard,csv], ~logger) or add "
             "one with +logger.NAME._target_=CLASS"))
     found = {}
     for name, entry in OmegaConf.to_container(node, resolve=True).items():
