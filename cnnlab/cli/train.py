@@ -81,19 +81,19 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
-    """The layer table (console and model_summary.txt) from one forward pass, which checks the input size."""
+def _print_model_summary(layers: tuple[list[Any], int, int], cfg: DictConfig, run_dir: Path) -> int:
+    """The layer table of `summarize_model` on the console and in model_summary.txt; returns the parameter count."""
     from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
     from cnnlab.models.summary import render
-    from cnnlab.train.build import summarize_model
 
-    units = module.objective.output_units(cfg.dataset.num_classes, cfg.dataset.get("multilabel", False))
-    rows, total, trainable = summarize_model(module.model, cfg, units)
+    rows, total, trainable = layers
     if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
         return total
-    table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
+    name, target = _choices().get("model", ""), str(cfg.model.get("_target_"))
+    shown = name if target.startswith("cnnlab.") else f"{name} ({target})".lstrip()  # a user's class: its path
+    table = render(rows, total, trainable, title=f"Model summary: {shown}")
     Console().print(table)
     with (run_dir / "model_summary.txt").open("w") as handle:
         Console(file=handle, width=120).print(table)
@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.runs.read import best_epoch, read_metrics
     from cnnlab.runs.write import write_summary
     from cnnlab.train import environment, failures, resume
-    from cnnlab.train.build import build_datamodule, build_module, plain_config
+    from cnnlab.train.build import build_datamodule, build_module, plain_config, summarize_model
     from cnnlab.train.callbacks import RunLog, run_callbacks
     from cnnlab.train.checkpoint import AtomicCheckpointIO
     from cnnlab.train.distributed import local_ranks
@@ -131,10 +131,12 @@ def run(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
-    # The model first: its one forward pass checks the input size before the data is read or a file written.
+    # The model first: its one forward pass (the layer summary) checks the input size before the data is read.
     module = build_module(cfg)
-    params = _print_model_summary(module, cfg, run_dir)
+    layers = summarize_model(module.model, cfg, module.objective.output_units(
+        cfg.dataset.num_classes, cfg.dataset.get("multilabel", False)))
     datamodule.setup("fit")
+    params = _print_model_summary(layers, cfg, run_dir)
 
     title = " ".join(f"{g}={choices[g]}" for g in ("model", "loss", "optimizer", "scheduler") if g in choices)
     # The logger and callbacks config groups (conf/logger/, conf/callbacks/); the run's own callbacks stay on.
