@@ -250,3 +250,21 @@ def test_a_plain_loss_trains_a_few_steps_and_evaluates(tmp_path: Path, user_pack
     assert main(["eval", str(run)]) == 0
     report = json.loads((run / "eval" / "best_test.json").read_text())
     assert report["metrics"]["loss"] == pytest.approx(summary["test"]["test/loss"], abs=1e-5)
+
+
+def test_a_user_model_with_a_torch_loss_resumes_and_predicts(tmp_path: Path, user_package: str, capsys):
+    from PIL import Image
+
+    code, run = _train(tmp_path, f"model._target_={user_package}.MyNet", "+model.width=4", "batch_size=32",
+                       "trainer.max_epochs=2", "loss._target_=torch.nn.CrossEntropyLoss",
+                       "fault_injection.signal_at_step=4")
+    assert code != 0 and json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert main(["train", f"resume={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6 and summary["resumed_from"]["step"] == 4
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8), color=120).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(c["probability"] for c in rows[0]["predictions"]) == pytest.approx(1.0, abs=1e-4)

@@ -241,6 +241,8 @@ def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, An
         key = override_key(override)
         if key and key not in choices:
             value = OmegaConf.select(cfg, key, default=None)
+            if OmegaConf.is_dict(value):  # a group's options (logger=[tensorboard,csv]): as typed, not the node
+                value = override.split("=", 1)[1] if "=" in override else None
             values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return values
 
