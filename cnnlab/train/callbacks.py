@@ -96,25 +96,31 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
     return callbacks
 
 
-def callback_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
-    """The `callbacks` node's entries as plain dicts (descriptions and null entries, which switch one off, left out)."""
+def named_nodes(cfg: Any, group: str, example: str) -> dict[str, dict[str, Any]]:
+    """The entries of a group of named `_target_` nodes (`callbacks`, `logger`) as plain dicts, descriptions and
+    null entries (which switch one off) left out; one ConfigError line for a node of another shape."""
     from omegaconf import OmegaConf
 
-    node = cfg.get("callbacks")
+    node = cfg.get(group)
     if node is None:
         return {}
     if not OmegaConf.is_dict(node):
-        raise ConfigError("callbacks", OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, message=(
-            "callbacks: a node of named callbacks, e.g. +callbacks.swa._target_=pytorch_lightning.callbacks."
-            "StochasticWeightAveraging +callbacks.swa.swa_lrs=0.01"))
+        raise ConfigError(group, OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, message=(
+            f"{group}: a node of named {group} entries, e.g. {example}"))
     found = {}
     for name, entry in OmegaConf.to_container(node, resolve=True).items():
         if name in META_KEYS or entry is None:
             continue
         if not isinstance(entry, dict) or "_target_" not in entry:
-            raise ConfigError(f"callbacks.{name}", entry, "a node with the _target_ of a Lightning callback class")
+            raise ConfigError(f"{group}.{name}", entry, f"a node with the _target_ of a Lightning {group} class")
         found[name] = entry
     return found
+
+
+def callback_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
+    """The `callbacks` node's entries (the user's Lightning callbacks) as plain dicts."""
+    return named_nodes(cfg, "callbacks", "+callbacks.swa._target_=pytorch_lightning.callbacks."
+                                         "StochasticWeightAveraging +callbacks.swa.swa_lrs=0.01")
 
 
 def user_callbacks(cfg: Any) -> list[pl.Callback]:

@@ -12,9 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from cnnlab.config import META_KEYS, instantiate
+from cnnlab.config import instantiate
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import LOGGER_DIRS
 
@@ -24,21 +22,10 @@ _NAMED_FOLDER = ("TensorBoardLogger", "CSVLogger")
 
 def logger_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
     """The `logger` node's entries as plain dicts (descriptions and null entries left out)."""
-    node = cfg.get("logger")
-    if node is None:
-        return {}
-    if not OmegaConf.is_dict(node):
-        raise ConfigError("logger", OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, message=(
-            "logger: choose options of the logger group (logger=csv, logger=[tensorboard,csv], ~logger) or add "
-            "one with +logger.NAME._target_=CLASS"))
-    found = {}
-    for name, entry in OmegaConf.to_container(node, resolve=True).items():
-        if name in META_KEYS or entry is None:
-            continue
-        if not isinstance(entry, dict) or "_target_" not in entry:
-            raise ConfigError(f"logger.{name}", entry, "a node with the _target_ of a Lightning logger class")
-        found[name] = entry
-    return found
+    from cnnlab.train.callbacks import named_nodes
+
+    return named_nodes(cfg, "logger", "logger=csv, logger=[tensorboard,csv], ~logger, or "
+                                      "+logger.NAME._target_=CLASS")
 
 
 def build_loggers(cfg: Any, run_dir: Path) -> list[Any]:
