@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 from cnnlab.config import monitor_mode
@@ -79,14 +80,15 @@ OWN_TRAINER_KEYS = {
 
 def _check_components(cfg: Any) -> None:
     """The model and loss fit their classes' signatures; callbacks and loggers name importable classes."""
-    from cnnlab.train.build import check_model_and_loss, locate
+    from cnnlab.train.build import check_keywords, check_model_and_loss
     from cnnlab.train.callbacks import callback_nodes
-    from cnnlab.train.loggers import logger_nodes
+    from cnnlab.train.loggers import in_run_folder, logger_nodes
 
     check_model_and_loss(cfg)
-    for group, nodes in (("callbacks", callback_nodes(cfg)), ("logger", logger_nodes(cfg))):
+    loggers = {name: in_run_folder(name, node, Path("run")) for name, node in logger_nodes(cfg).items()}
+    for group, nodes in (("callbacks", callback_nodes(cfg)), ("logger", loggers)):
         for name, node in nodes.items():
-            target, _ = locate(f"{group}.{name}", node)
+            target = str(node["_target_"])
             if target.rsplit(".", 1)[-1] == "MLFlowLogger":
                 import importlib.util
 
@@ -94,6 +96,7 @@ def _check_components(cfg: Any) -> None:
                     raise ConfigError(f"logger.{name}", target, message=(
                         f"logger.{name} ({target}) needs the mlflow package, which is not installed: "
                         "pip install 'cnnlab[mlflow]'"))
+            check_keywords(f"{group}.{name}", node, required=True)
 
 
 def _is_int(value: Any, low: int) -> bool:

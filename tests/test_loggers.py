@@ -120,10 +120,12 @@ def test_a_user_callback_runs_beside_the_runs_own(tmp_path: Path, monkeypatch: p
     ("+callbacks.bad=3", "callbacks.bad=3 is not allowed: a node with the _target_"),
     ("+callbacks.bad._target_=no_such_module_xyz.Callback", "cannot be imported"),
     ("+callbacks.bad._target_=collections.OrderedDict", "not a Lightning callback"),
+    ("logger=csv +logger.csv.colour=red", "logger.csv.colour='red': pytorch_lightning.loggers.CSVLogger takes no"),
+    ("+callbacks.swa._target_=pytorch_lightning.callbacks.StochasticWeightAveraging", "needs"),
 ])
 def test_trainer_logger_and_callbacks_and_bad_entries_are_one_line(tmp_path: Path, override: str, points_to: str,
                                                                    capsys):
     run = tmp_path / "run"
-    assert _train(run, override) == 2
+    assert _train(run, *override.split()) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cnnlab: error:")]
     assert len(err) == 1 and points_to in err[0]

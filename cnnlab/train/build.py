@@ -83,6 +83,21 @@ def _unknown_key(group: str, target: str, key: str, value: Any, params: dict[str
         "the keyword to its signature"))
 
 
+def check_keywords(group: str, node: dict[str, Any], required: bool = False) -> Any:
+    """The object the node's `_target_` names, once every key of the node is a keyword it takes and (`required`)
+    every keyword without a default is given; else one ConfigError line."""
+    target, obj = locate(group, node)
+    params, any_keyword = _parameters(obj)
+    for key, value in node.items():
+        if key not in HYDRA_KEYS and key not in META_KEYS and not any_keyword and key not in params:
+            raise _unknown_key(group, target, key, value, params)
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in node]
+    if required and missing and "_args_" not in node:
+        raise ConfigError(f"{group}.{missing[0]}", None, message=(
+            f"{target} needs {group}.{missing[0]} (no default in its signature): add +{group}.{missing[0]}=VALUE"))
+    return obj
+
+
 def model_arguments(cfg: DictConfig, units: int) -> tuple[dict[str, Any], str | None]:
     """The model node to instantiate, fitted to its class's signature, and the init scheme cnnlab applies itself.
 
@@ -141,9 +156,7 @@ def build_objective(cfg: DictConfig) -> Objective:
     target, obj = locate("loss", node)
     params, any_keyword = _parameters(obj)
     wrapper_weights = node.pop("class_weights", None) if not (any_keyword or "class_weights" in params) else None
-    for key, value in node.items():
-        if key not in HYDRA_KEYS and not any_keyword and key not in params:
-            raise _unknown_key("loss", target, key, value, params)
+    check_keywords("loss", node)
     if inspect.isfunction(obj) and not node.get("_partial_"):
         # A function that still needs (outputs, targets) after the config's keys is the loss itself, not a factory.
         required = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in node]

@@ -28,30 +28,36 @@ def logger_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
                                       "+logger.NAME._target_=CLASS")
 
 
+def in_run_folder(name: str, entry: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The logger node with its files placed inside the run folder (the built-in ones' folders, a relative
+    save_dir), and MLflow's run name and file-store opt-out; changes `entry` in place and returns it."""
+    class_name = str(entry["_target_"]).rsplit(".", 1)[-1]
+    folder = LOGGER_DIRS.get(name)
+    save_dir = entry.get("save_dir")
+    if save_dir is None and folder is not None:
+        if class_name in _NAMED_FOLDER:
+            entry.update(save_dir=str(run_dir), name=entry.get("name", folder), version=entry.get("version", ""))
+        else:
+            entry["save_dir"] = str(run_dir / folder)
+    elif save_dir is not None and not Path(str(save_dir)).expanduser().is_absolute():
+        entry["save_dir"] = str(run_dir / str(save_dir))
+    if class_name == "MLFlowLogger":
+        if entry.get("run_name") is None:
+            entry["run_name"] = run_dir.name
+        if entry.get("tracking_uri") is None:
+            # MLflow 3 keeps its file store in "maintenance mode" and refuses it unless this opt-out is set;
+            # a file store in the run folder is what this option is for (no server, no database).
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return entry
+
+
 def build_loggers(cfg: Any, run_dir: Path) -> list[Any]:
     """The configured loggers, writing inside the run folder."""
     from pytorch_lightning.loggers import Logger
 
     loggers = []
     for name, entry in logger_nodes(cfg).items():
-        class_name = str(entry["_target_"]).rsplit(".", 1)[-1]
-        folder = LOGGER_DIRS.get(name)
-        save_dir = entry.get("save_dir")
-        if save_dir is None and folder is not None:
-            if class_name in _NAMED_FOLDER:
-                entry.update(save_dir=str(run_dir), name=entry.get("name", folder), version=entry.get("version", ""))
-            else:
-                entry["save_dir"] = str(run_dir / folder)
-        elif save_dir is not None and not Path(str(save_dir)).expanduser().is_absolute():
-            entry["save_dir"] = str(run_dir / str(save_dir))
-        if class_name == "MLFlowLogger":
-            if entry.get("run_name") is None:
-                entry["run_name"] = run_dir.name
-            if entry.get("tracking_uri") is None:
-                # MLflow 3 keeps its file store in "maintenance mode" and refuses it unless this opt-out is set;
-                # a file store in the run folder is what this option is for (no server, no database).
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        logger = instantiate(entry)
+        logger = instantiate(in_run_folder(name, entry, run_dir))
         if not isinstance(logger, Logger):
             raise ConfigError(f"logger.{name}._target_", entry["_target_"], message=(
                 f"logger.{name}._target_={entry['_target_']} built a {type(logger).__name__}, not a Lightning "
