@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 from cnnlab.config import monitor_mode
@@ -61,6 +62,41 @@ def validate(cfg: Any) -> None:
     from cnnlab.train.optim import check_config  # imports torch: only once a run is being validated
 
     check_config(cfg, monitor_mode(cfg))
+    _check_components(cfg)
+
+
+# Trainer arguments cnnlab sets itself; the first two have config groups of their own.
+OWN_TRAINER_KEYS = {
+    "logger": "loggers are the logger config group: logger=csv, logger=[tensorboard,csv], ~logger, or "
+              "+logger.NAME._target_=CLASS (docs/extending.md)",
+    "callbacks": "callbacks are the callbacks config group: +callbacks.NAME._target_=CLASS +callbacks.NAME.ARG=VALUE "
+                 "(docs/extending.md); the run's own callbacks stay on",
+    "default_root_dir": "the run folder is Hydra's: set hydra.run.dir=PATH",
+    "enable_progress_bar": "set progress_bar=rich, tqdm or none",
+    "enable_model_summary": "cnnlab prints its own model summary",
+    "plugins": "cnnlab sets its checkpoint plugin itself",
+}
+
+
+def _check_components(cfg: Any) -> None:
+    """The model and loss fit their classes' signatures; callbacks and loggers name importable classes."""
+    from cnnlab.train.build import check_keywords, check_model_and_loss
+    from cnnlab.train.callbacks import callback_nodes
+    from cnnlab.train.loggers import in_run_folder, logger_nodes
+
+    check_model_and_loss(cfg)
+    loggers = {name: in_run_folder(name, node, Path("run")) for name, node in logger_nodes(cfg).items()}
+    for group, nodes in (("callbacks", callback_nodes(cfg)), ("logger", loggers)):
+        for name, node in nodes.items():
+            target = str(node["_target_"])
+            if target.rsplit(".", 1)[-1] == "MLFlowLogger":
+                import importlib.util
+
+                if importlib.util.find_spec("mlflow") is None:
+                    raise ConfigError(f"logger.{name}", target, message=(
+                        f"logger.{name} ({target}) needs the mlflow package, which is not installed: "
+                        "pip install 'cnnlab[mlflow]'"))
+            check_keywords(f"{group}.{name}", node, required=True)
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -100,6 +136,9 @@ def _check_run(cfg: Any) -> None:
 
 def _check_trainer(trainer: Any) -> None:
     """The Trainer settings Lightning would otherwise reject only after the run folder has filled up."""
+    for key, instead in OWN_TRAINER_KEYS.items():
+        if key in trainer:
+            raise ConfigError(f"trainer.{key}", trainer.get(key), message=f"trainer.{key} is set by cnnlab: {instead}")
     precision = trainer.get("precision", "32-true")
     _check(precision in PRECISIONS, "trainer.precision", precision,
            "one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true")

@@ -300,8 +300,11 @@ def test_every_dataset_knows_its_shape_classes_and_splits(formats_dir: Path, mon
     assert sizes["val"] == round(cfg.val_fraction * train_and_val)
     if cfg.dataset.get("test_fraction"):  # no official test split: a seeded one
         assert sizes["test"] == round(cfg.dataset.test_fraction * (train_and_val + sizes["test"]))
-    # the model gets the dataset's numbers by interpolation
-    assert (cfg.model.in_channels, cfg.model.num_classes, cfg.model.image_size) == (channels, classes, size)
+    # the model gets the dataset's numbers as keywords (the loss's output units: one per class for ce)
+    from cnnlab.train.build import model_arguments
+
+    kwargs, _ = model_arguments(cfg, classes)
+    assert (kwargs["in_channels"], kwargs["num_classes"], kwargs["image_size"]) == (channels, classes, size)
 
 
 @pytest.mark.parametrize("overrides", [["dataset=cifar10"], ["dataset=imagefolder", "dataset.root={root}/pets"],

@@ -82,4 +82,5 @@ def test_cfg_job_prints_composed_config_without_training(tmp_path: Path):
     result = cnnlab("train", "model=mlp", "--cfg", "job")
     assert result.returncode == 0
     assert "_target_: cnnlab.models.classic.MLP" in result.stdout
-    assert "num_classes: ${dataset.num_classes}" in result.stdout
+    assert "init: ${seed}" in result.stdout  # interpolations shown as written, not resolved
+    assert "logger:\n  tensorboard:\n    _target_: pytorch_lightning.loggers.TensorBoardLogger" in result.stdout

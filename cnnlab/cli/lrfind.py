@@ -36,7 +36,7 @@ def run(args: list[str]) -> dict[str, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 
-    from cnnlab.train.build import build_datamodule, build_module
+    from cnnlab.train.build import build_datamodule, build_module, summarize_model
     from cnnlab.train.environment import quiet_libraries
 
     quiet_libraries()
@@ -45,6 +45,9 @@ def run(args: list[str]) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    # One forward pass, as `train` does: the input-size check for any class (and lazy layers get their shapes).
+    summarize_model(module.model, cfg, module.objective.output_units(cfg.dataset.num_classes,
+                                                                      cfg.dataset.get("multilabel", False)))
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                          precision=cfg.trainer.precision, default_root_dir=str(out), logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

@@ -81,17 +81,19 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
+def _print_model_summary(layers: tuple[list[Any], int, int], cfg: DictConfig, run_dir: Path) -> int:
+    """The layer table of `summarize_model` on the console and in model_summary.txt; returns the parameter count."""
     from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
-    from cnnlab.models.summary import render, summarize
+    from cnnlab.models.summary import render
 
-    rows, total, trainable = summarize(module.model, (cfg.dataset.channels, cfg.dataset.image_size,
-                                                      cfg.dataset.image_size))
+    rows, total, trainable = layers
     if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
         return total
-    table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
+    name, target = _choices().get("model", ""), str(cfg.model.get("_target_"))
+    shown = name if target.startswith("cnnlab.") else f"{name} ({target})".lstrip()  # a user's class: its path
+    table = render(rows, total, trainable, title=f"Model summary: {shown}")
     Console().print(table)
     with (run_dir / "model_summary.txt").open("w") as handle:
         Console(file=handle, width=120).print(table)
@@ -105,18 +107,18 @@ def run(cfg: DictConfig) -> float | None:
 
     quiet_libraries()
     import pytorch_lightning as pl
-    from pytorch_lightning.loggers import TensorBoardLogger
 
     from cnnlab.runs.diagnosis import diagnose
     from cnnlab.runs.read import best_epoch, read_metrics
     from cnnlab.runs.write import write_summary
     from cnnlab.train import environment, failures, resume
-    from cnnlab.train.build import build_datamodule, build_module, plain_config
+    from cnnlab.train.build import build_datamodule, build_module, plain_config, summarize_model
     from cnnlab.train.callbacks import RunLog, run_callbacks
     from cnnlab.train.checkpoint import AtomicCheckpointIO
     from cnnlab.train.distributed import local_ranks
     from cnnlab.train.fastpaths import CallbackGroup
     from cnnlab.train.interrupts import StopRequest, raise_if_stop_requested
+    from cnnlab.train.loggers import build_loggers
 
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -129,17 +131,21 @@ def run(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
+    # The model first: its one forward pass (the layer summary) checks the input size before the data is read.
     module = build_module(cfg)
-    params = _print_model_summary(module, cfg, run_dir)
+    layers = summarize_model(module.model, cfg, module.objective.output_units(
+        cfg.dataset.num_classes, cfg.dataset.get("multilabel", False)))
+    datamodule.setup("fit")
+    params = _print_model_summary(layers, cfg, run_dir)
 
     title = " ".join(f"{g}={choices[g]}" for g in ("model", "loss", "optimizer", "scheduler") if g in choices)
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    # The logger and callbacks config groups (conf/logger/, conf/callbacks/); the run's own callbacks stay on.
+    loggers = build_loggers(cfg, run_dir)
     stop = StopRequest()
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         default_root_dir=str(run_dir),
-        logger=logger,
+        logger=loggers or False,
         callbacks=CallbackGroup.grouped(run_callbacks(cfg, run_dir, mode, title, stop)),
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
@@ -174,7 +180,7 @@ def run(cfg: DictConfig) -> float | None:
     if not trainer.is_global_zero:  # DDP: rank 0 alone writes the run folder and reports
         return None
     if cfg.test:
-        _log_confusion(logger, module, datamodule.class_names)
+        _log_confusion(loggers, module, datamodule.class_names)
 
     rows = read_metrics(run_dir)
     best = best_epoch(rows, monitor_column, mode)
@@ -195,22 +201,24 @@ def run(cfg: DictConfig) -> float | None:
                               min_delta=cfg.early_stopping.min_delta, **cfg.diagnosis),
     })
     write_summary(run_dir, summary)
-    _log_hparams(logger, cfg, choices, best, test_metrics, monitor_column)
+    _log_hparams(loggers, cfg, choices, best, test_metrics, monitor_column, trainer.global_step)
     _print_result(summary)
     return None if best is None else best[monitor_column]
 
 
-def _log_confusion(logger: Any, module: Any, class_names: list[str]) -> None:
-    if module.confusion is None:
+def _log_confusion(loggers: list[Any], module: Any, class_names: list[str]) -> None:
+    if module.confusion is None or not loggers:
         return
     from cnnlab.runs.write import confusion_figure
+    from cnnlab.train.loggers import log_figure
 
-    logger.experiment.add_figure("test/confusion_matrix", confusion_figure(module.confusion, class_names),
-                                 close=True)
+    log_figure(loggers, "test/confusion_matrix", confusion_figure(module.confusion, class_names))
 
 
-def _log_hparams(logger: Any, cfg: DictConfig, choices: dict[str, str], best: dict | None,
-                 test_metrics: dict[str, float], monitor_column: str) -> None:
+def _log_hparams(loggers: list[Any], cfg: DictConfig, choices: dict[str, str], best: dict | None,
+                 test_metrics: dict[str, float], monitor_column: str, step: int) -> None:
+    from cnnlab.train.loggers import log_hyperparameters
+
     params: dict[str, Any] = {g: v for g, v in choices.items() if g != "trainer"}
     params.update({"lr": cfg.optimizer.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                    "max_epochs": cfg.trainer.max_epochs})
@@ -218,8 +226,7 @@ def _log_hparams(logger: Any, cfg: DictConfig, choices: dict[str, str], best: di
     metrics = {f"hparams/{k}": v for k, v in test_metrics.items()}
     if best is not None:
         metrics[f"hparams/best_{monitor_column}"] = best[monitor_column]
-    logger.log_hyperparams(params, metrics)
-    logger.finalize("success")
+    log_hyperparameters(loggers, params, metrics, step)
 
 
 def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
@@ -234,6 +241,8 @@ def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, An
         key = override_key(override)
         if key and key not in choices:
             value = OmegaConf.select(cfg, key, default=None)
+            if OmegaConf.is_dict(value):  # a group's options (logger=[tensorboard,csv]): as typed, not the node
+                value = override.split("=", 1)[1] if "=" in override else None
             values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return values
 

@@ -22,6 +22,16 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 INITS = ("default", "kaiming", "he", "xavier", "glorot", "lecun")
 
+# The value of each knob that changes nothing. A model class without the knob's keyword (a user's own network)
+# is built without it while it has this value; `init` applies to any network (`initialize`); another knob set on
+# a class that cannot take it is a one-line error (cnnlab.train.build).
+NEUTRAL: dict[str, tuple] = {
+    "activation": ("relu", "default"),
+    "dropout": (0, None),
+    "batch_norm": (False,),
+    "init": ("default",),
+}
+
 
 def activation(name: str) -> nn.Module:
     """A fresh activation module by name."""

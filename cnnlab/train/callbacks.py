@@ -10,6 +10,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
+from cnnlab.config import META_KEYS, instantiate
+from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import CHECKPOINT_DIR, CURVES_FILE, last_checkpoint
 from cnnlab.runs.read import read_metrics
 from cnnlab.runs.write import plot_curves, write_metrics
@@ -65,7 +67,8 @@ class RunLog(pl.Callback):
 
 
 def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequest) -> list[Any]:
-    """The run's own callbacks: checkpoints, logs, fault handling (GracefulStop last), progress bar."""
+    """The run's own callbacks (checkpoints, logs, fault handling with GracefulStop last, progress bar), with the
+    user's callbacks from the `callbacks` config group after cnnlab's logs and before its fault handling."""
     callbacks: list[Any] = [
         EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=cfg.monitor, mode=mode,
                         save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
@@ -73,6 +76,7 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", enable_version_counter=False),
         LearningRates(),
         RunLog(run_dir, title=title),
+        *user_callbacks(cfg),
         *fault_callbacks(cfg, run_dir, stop),
     ]
     if cfg.early_stopping.enabled:
@@ -89,6 +93,46 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         from pytorch_lightning.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar())
+    return callbacks
+
+
+def named_nodes(cfg: Any, group: str, example: str) -> dict[str, dict[str, Any]]:
+    """The entries of a group of named `_target_` nodes (`callbacks`, `logger`) as plain dicts, descriptions and
+    null entries (which switch one off) left out; one ConfigError line for a node of another shape."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get(group)
+    if node is None:
+        return {}
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(group, OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, message=(
+            f"{group}: a node of named {group} entries, e.g. {example}"))
+    found = {}
+    for name, entry in OmegaConf.to_container(node, resolve=True).items():
+        if name in META_KEYS or entry is None:
+            continue
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name}", entry, f"a node with the _target_ of a Lightning {group} class")
+        found[name] = entry
+    return found
+
+
+def callback_nodes(cfg: Any) -> dict[str, dict[str, Any]]:
+    """The `callbacks` node's entries (the user's Lightning callbacks) as plain dicts."""
+    return named_nodes(cfg, "callbacks", "+callbacks.swa._target_=pytorch_lightning.callbacks."
+                                         "StochasticWeightAveraging +callbacks.swa.swa_lrs=0.01")
+
+
+def user_callbacks(cfg: Any) -> list[pl.Callback]:
+    """The user's callbacks from the `callbacks` config group, in the order of its keys."""
+    callbacks = []
+    for name, entry in callback_nodes(cfg).items():
+        callback = instantiate(entry)
+        if not isinstance(callback, pl.Callback):
+            raise ConfigError(f"callbacks.{name}._target_", entry["_target_"], message=(
+                f"callbacks.{name}._target_={entry['_target_']} built a {type(callback).__name__}, not a Lightning "
+                "callback (pytorch_lightning.Callback)"))
+        callbacks.append(callback)
     return callbacks
 
 

@@ -21,6 +21,7 @@ Class weights (`class_weights: balanced` or a list, one number per class; losses
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,58 @@ class Objective(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, head={self.head}, class_weights={self.class_weights}"
+
+
+class WrappedLoss(Objective):
+    """Any `loss(outputs, targets)` (a torch.nn loss, a function) on the head its config names (`loss.input`).
+
+    The head's transform is applied to the raw output before the loss sees it (logits as they are, log_softmax,
+    softmax); with the sigmoid head the targets come shaped like the logits (one-hot floats, the class-1 column for
+    a single logit), as torch's BCEWithLogitsLoss takes them. Otherwise targets are passed as they come: class
+    indices, or probability vectors after mixup/cutmix. Class weights reach the loss as torch's `weight=`: the
+    `weight` buffer of a torch loss, or a `weight=` keyword of a function; a loss with neither refuses them.
+    """
+
+    def __init__(self, name: str, head: str, loss: Callable[..., Tensor], class_weights: Any = None):
+        super().__init__(name, head, loss, class_weights)
+        self.weight_route = _weight_route(loss)
+
+    def for_task(self, num_classes: int, multilabel: bool = False) -> Objective:
+        if self.class_weights is not None and self.weight_route is None:
+            raise ConfigError("loss.class_weights", self.class_weights, message=(
+                f"loss.class_weights={self.class_weights!r}: {self.name} takes no weight= (neither a torch loss's "
+                "weight nor a weight keyword), so class weights cannot reach it; remove loss.class_weights"))
+        super().for_task(num_classes, multilabel)
+        if self.weight_route == "buffer" and self.class_weight is not None:
+            self.fn.weight = self.class_weight.clone()
+        return self
+
+    def fit_class_weights(self, train_labels: Tensor) -> None:
+        super().fit_class_weights(train_labels)
+        if self.weight_route == "buffer":
+            self.fn.weight.copy_(self.class_weight.to(self.fn.weight))
+
+    def forward(self, raw: Tensor, target: Tensor) -> Tensor:
+        if self.head == "sigmoid":
+            target = _sigmoid_targets(target, raw)
+        inputs = HEADS[self.head].loss_input(raw)
+        if self.weight_route == "keyword" and self.class_weights is not None:
+            return self.fn(inputs, target, weight=self.class_weight)
+        return self.fn(inputs, target)
+
+
+def _weight_route(loss: Callable[..., Tensor]) -> str | None:
+    """How class weights reach a plain loss: its `weight` buffer (torch losses), a `weight=` keyword, or not at all."""
+    if isinstance(loss, nn.Module) and "weight" in loss._buffers:
+        return "buffer"
+    call = loss.forward if isinstance(loss, nn.Module) else loss
+    try:
+        parameters = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return None
+    if "weight" in parameters or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "keyword"
+    return None
 
 
 def _is_weight_list(weights: Any, num_classes: int) -> bool:
