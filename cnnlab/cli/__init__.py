@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from cnnlab.cli.common import module_command
+from cnnlab.config import project_importable
 from cnnlab.errors import report
 
 USAGE = """usage: cnnlab COMMAND [ARGS]
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("-sc", "--shell-completion"):  # Hydra's tab completion: `eval "$(cnnlab -sc install=bash)"`
         command, rest = "train", args
     if command in COMMANDS:
+        project_importable()  # the user's modules in the working folder (`_target_: my_models.MyNet`)
         return COMMANDS[command](rest)
     return report(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cnnlab --help)")
 

@@ -66,8 +66,10 @@ def main(args: list[str]) -> int:
     return 0
 
 
-# Set by cnnlab.api around its call: a failing run raises its error to the caller instead of exiting.
+# Set by cnnlab.api around its call: a failing run raises its error to the caller instead of exiting, and the
+# run folder is appended to RUN_DIRS.
 RAISE_ERRORS: ContextVar[bool] = ContextVar("cnnlab_train_raise_errors", default=False)
+RUN_DIRS: ContextVar[list[Path] | None] = ContextVar("cnnlab_train_run_dirs", default=None)
 
 
 def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
@@ -310,6 +312,9 @@ def _print_result(summary: dict[str, Any]) -> None:
 def hydra_entry(cfg: DictConfig) -> float | None:
     from cnnlab.train.failures import ended
 
+    run_dirs = RUN_DIRS.get()
+    if run_dirs is not None:
+        run_dirs.append(Path(HydraConfig.get().runtime.output_dir))
     try:
         return run(cfg)
     except BaseException as error:
