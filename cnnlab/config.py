@@ -117,12 +117,13 @@ USER_PROVIDER = "cnnlab user configs"
 
 
 def config_folders_of(sources: Sequence[Any]) -> list[str]:
-    """The user's config folders among Hydra's `hydra.runtime.config_sources` (what a run records)."""
+    """The user's config folders among Hydra's `hydra.runtime.config_sources` (what a run records): those this
+    module's search path plugin added, never the built-in folder (runs of 0.1 name an in-tree conf/ as `main`)."""
     found = []
     for source in sources:
         path = str(source.get("path") or "")
-        if source.get("schema") == "file" and path and Path(path).resolve() != CONF_DIR.resolve():
-            found.append(str(Path(path).resolve()))
+        if source.get("provider") == USER_PROVIDER and source.get("schema") == "file" and path:
+            found.append(path)
     return list(dict.fromkeys(found))
 
 

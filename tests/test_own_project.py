@@ -243,3 +243,15 @@ def test_init_project_trains_as_written(tmp_path: Path):
     summary = json.loads((target / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["choices"]["model"] == "my_model"
     assert summary["split_sizes"]["train"] + summary["split_sizes"]["val"] + summary["split_sizes"]["test"] == 120
+
+
+def test_data_show_and_lr_find_see_user_configs(project: dict[str, Path]):
+    env, work, conf = user_env(project), project["work"], str(project["conf"])
+    result = cnnlab("data", "show", "--config-dir", conf, "dataset=tiny", "--count", "4", "--out", "grid.png",
+                    cwd=work, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "tiny (augmentation=none): 1 channel(s), 8x8, 3 classes" in result.stdout and (work / "grid.png").is_file()
+    result = cnnlab("lr-find", "--config-dir", conf, "experiment=mine", "--steps", "4", "--output", "lr", cwd=work,
+                    env=env)
+    assert result.returncode == 0, result.stderr
+    assert (work / "lr" / "lr_find.json").is_file()

@@ -57,7 +57,7 @@ MY_FIRST_YAML = '''# @package _global_
 # A first run of my own model on my own images: `cnnlab train experiment=my_first`.
 experiment:
   name: my_first
-  description: "My CNN on my images: cross-entropy, Adam, batch 16, 3 epochs"
+  description: "My CNN on my images: cross-entropy, Adam (lr 0.01), batch 16, 5 epochs"
 defaults:
   - override /model: my_model
   - override /dataset: my_images
@@ -65,9 +65,9 @@ defaults:
   - override /optimizer: adam
 batch_size: 16
 optimizer:
-  lr: 0.003
+  lr: 0.01
 trainer:
-  max_epochs: 3
+  max_epochs: 5
 '''
 
 README = '''# My cnnlab project
