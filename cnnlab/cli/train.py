@@ -72,6 +72,18 @@ RAISE_ERRORS: ContextVar[bool] = ContextVar("cnnlab_train_raise_errors", default
 RUN_DIRS: ContextVar[list[Path] | None] = ContextVar("cnnlab_train_run_dirs", default=None)
 
 
+# The task reads the ContextVars through these: joblib's launcher pickles the task by value, and a ContextVar
+# does not pickle (module-level functions go by reference).
+def _note_run_dir() -> None:
+    run_dirs = RUN_DIRS.get()
+    if run_dirs is not None:
+        run_dirs.append(Path(HydraConfig.get().runtime.output_dir))
+
+
+def _raising() -> bool:
+    return RAISE_ERRORS.get()
+
+
 def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
     """`cnnlab train ARGS` through Hydra's main: the user's config folders (`config_dirs` first, then conf/ in
     the working folder and CNNLAB_CONFIG_PATH, then those a resumed run recorded) before the built-in ones."""
@@ -312,13 +324,11 @@ def _print_result(summary: dict[str, Any]) -> None:
 def hydra_entry(cfg: DictConfig) -> float | None:
     from cnnlab.train.failures import ended
 
-    run_dirs = RUN_DIRS.get()
-    if run_dirs is not None:
-        run_dirs.append(Path(HydraConfig.get().runtime.output_dir))
+    _note_run_dir()
     try:
         return run(cfg)
     except BaseException as error:
-        if RAISE_ERRORS.get() and isinstance(error, Exception) and HydraConfig.get().mode != RunMode.MULTIRUN:
+        if _raising() and isinstance(error, Exception) and HydraConfig.get().mode != RunMode.MULTIRUN:
             raise  # cnnlab.api: the caller gets the error (as ConfigError when it is the user's)
         # Reported here, as one line, before Hydra would log the job's failure around it; in a sweep, a failed
         # run is recorded in its summary.json and the sweep goes on.
