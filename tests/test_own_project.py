@@ -255,3 +255,18 @@ def test_data_show_and_lr_find_see_user_configs(project: dict[str, Path]):
                     env=env)
     assert result.returncode == 0, result.stderr
     assert (work / "lr" / "lr_find.json").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_in_parallel_processes_sees_user_configs(project: dict[str, Path]):
+    """hydra/launcher=joblib: the jobs run in other processes with the same search path (and the ContextVars of
+    cnnlab.api stay out of the pickled task)."""
+    env, work = user_env(project), project["work"]
+    result = cnnlab("train", "-m", "--config-dir", str(project["conf"]), "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", "experiment=mine", "model.hidden=4,6", "hydra.sweep.dir=sweep",
+                    cwd=work, env=env)
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads((work / "sweep" / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert [s["params"] for s in summaries] == [64 * h * 2 + h * 2 + h * 2 * 3 + 3 for h in (4, 6)]
+    assert all(s["config_dirs"] == [str(project["conf"].resolve())] for s in summaries)
