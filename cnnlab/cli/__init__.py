@@ -31,8 +31,8 @@ Your own configs: conf/GROUP/NAME.yaml in the working folder, --config-dir DIR o
 lr-find, data show); they come before the built-in ones. Runs remember them (resume=, eval, predict).
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
-Tab completion of `cnnlab train` (your options too): eval "$(cnnlab -sc install=bash)".
 `cnnlab COMMAND --help` lists the options of eval, predict, compare, lr-find and data show.
+Tab completion of `cnnlab train` (your options too): eval "$(cnnlab -sc install=bash)".
 """
 
 COMMANDS = {
