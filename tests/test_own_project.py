@@ -70,11 +70,11 @@ CONFIGS = {
     # A user option with a built-in name shadows it.
     "model/mlp.yaml": '''
         description: "my own mlp, shadowing the built-in"
-        _target_: mypkg.TinyNet
-        in_channels: ${dataset.channels}
-        num_classes: ${dataset.num_classes}
-        image_size: ${dataset.image_size}
+        defaults:
+          - tinynet
+          - _self_
         hidden: 5
+        doubled: false
         ''',
 }
 
