@@ -6,10 +6,15 @@ Imports only cnnlab.errors; checks of a composed config live in cnnlab/validate.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import config_error_in
+from cnnlab.errors import ConfigError, config_error_in
 
 # The built-in configs, shipped inside the package (package data).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -22,16 +27,112 @@ CONFIG_PATH_ENV = "CNNLAB_CONFIG_PATH"
 LOCAL_CONF = "conf"
 
 
-def user_config_dirs() -> list[Path]:
-    """The user's config folders for this process, resolved, in search order (existing folders only)."""
-    candidates = [Path.cwd() / LOCAL_CONF] + [Path(p).expanduser() for p in
-                                               os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
+def user_config_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """The user's config folders for this process, resolved, in search order (existing folders only).
+
+    `extra` (`--config-dir DIR`, `config_dir=` from Python, the folders a resumed run recorded) come first and
+    must exist; then `conf/` in the working folder and CNNLAB_CONFIG_PATH, skipped when absent.
+    """
+    for given in extra:
+        if not Path(given).expanduser().is_dir():
+            raise ConfigError("--config-dir", str(given), message=(
+                f"config folder {str(given)!r} does not exist (give a folder holding model/, dataset/, ... "
+                "YAML files)"))
+    candidates = [*[Path(p).expanduser() for p in extra], Path.cwd() / LOCAL_CONF]
+    candidates += [Path(p).expanduser() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
     found: list[Path] = []
     for folder in candidates:
         folder = folder.resolve()
         if folder.is_dir() and folder != CONF_DIR.resolve() and folder not in found:
             found.append(folder)
     return found
+
+
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def split_config_dirs(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(`--config-dir DIR` folders, the other arguments): cnnlab's flag, taken out wherever it stands."""
+    dirs: list[str] = []
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            if not eq:
+                value = next(items, "")
+            if not value:
+                raise ConfigError("--config-dir", message="--config-dir needs a folder: --config-dir DIR")
+            dirs.append(value)
+        else:
+            rest.append(arg)
+    return dirs, rest
+
+
+def search_path(config_dirs: Sequence[Path]) -> list[Path]:
+    """Every config folder in search order: the user's (first found wins, so theirs shadow), then the built-in."""
+    return [*config_dirs, CONF_DIR]
+
+
+# The user's config folders of the Hydra call in progress (cnnlab.config.searching), for UserConfigSearchPath.
+_SEARCH_DIRS: ContextVar[tuple[Path, ...]] = ContextVar("cnnlab_config_dirs", default=())
+
+
+@contextmanager
+def searching(config_dirs: Sequence[Path]) -> Iterator[None]:
+    """Hydra calls inside (`hydra.main`, the compose API, shell completion) search `config_dirs` first.
+
+    Hydra takes an option from the first folder of its search path that has it, and its own `--config-dir` and
+    `hydra.searchpath` add folders after the primary (built-in) one, where a user's option could not shadow a
+    built-in one; a SearchPathPlugin, registered here, puts them before it.
+    """
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(_search_path_plugin())
+    token = _SEARCH_DIRS.set(tuple(config_dirs))
+    try:
+        yield
+    finally:
+        _SEARCH_DIRS.reset(token)
+
+
+@cache
+def _search_path_plugin() -> type:
+    from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    class UserConfigSearchPath(SearchPathPlugin):
+        """The user's config folders, in order, just before cnnlab's built-in configs (Hydra's "main")."""
+
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            for folder in _SEARCH_DIRS.get():
+                search_path.prepend(provider=USER_PROVIDER, path=f"file://{folder}",
+                                    anchor=SearchPathQuery(provider="main"))
+
+    UserConfigSearchPath.__module__ = __name__
+    return UserConfigSearchPath
+
+
+USER_PROVIDER = "cnnlab user configs"
+
+
+def config_folders_of(sources: Sequence[Any]) -> list[str]:
+    """The user's config folders among Hydra's `hydra.runtime.config_sources` (what a run records): those this
+    module's search path plugin added, never the built-in folder (runs of 0.1 name an in-tree conf/ as `main`)."""
+    found = []
+    for source in sources:
+        path = str(source.get("path") or "")
+        if source.get("provider") == USER_PROVIDER and source.get("schema") == "file" and path:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def project_importable(folder: str | Path | None = None) -> None:
+    """Make the user's own modules in the working folder importable (`_target_: my_models.MyNet`), as with
+    `python -m`: appended to sys.path, so installed packages keep their names."""
+    path = str(Path(folder or Path.cwd()).resolve())
+    if path not in sys.path:
+        sys.path.append(path)
 
 
 # Keys that describe an option for people (`cnnlab list`) or for cnnlab itself; never passed to `_target_`.
@@ -69,18 +170,22 @@ def upgrade(node: Any) -> Any:
     return node
 
 
-def compose(overrides: list[str], job_name: str = "cnnlab") -> Any:
-    """The config `cnnlab train` would run with these overrides (Hydra's compose API on the same conf/).
+def compose(overrides: list[str], job_name: str = "cnnlab", config_dirs: Sequence[str | Path] | None = None) -> Any:
+    """The config `cnnlab train` would run with these overrides (Hydra's compose API on the same search path).
 
+    `config_dirs`: the `--config-dir` folders (the working folder's conf/ and CNNLAB_CONFIG_PATH come after them).
     Hydra's runtime config is registered (so `${hydra:...}` values resolve and HydraConfig.get() answers, the group
     choices included) and the `hydra` node is dropped, as in a `cnnlab train` job's config.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
+    GlobalHydra.instance().clear()  # a `cnnlab train` earlier in this process (notebooks) leaves Hydra set up
+    with searching(user_config_dirs(config_dirs or ())), \
+            initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
         cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

@@ -21,7 +21,7 @@ LAYERS = {
     "cnnlab.train": 3,
     "cnnlab.validate": 4,
     "cnnlab.cli": 5, "cnnlab.resolvers": 5,
-    "cnnlab.__main__": 6,
+    "cnnlab.__main__": 6, "cnnlab.api": 6,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from cnnlab.cli.common import module_command
+from cnnlab.config import project_importable
 from cnnlab.errors import report
 
 USAGE = """usage: cnnlab COMMAND [ARGS]
@@ -24,9 +25,14 @@ commands:
   list [GROUP [OPTION]]    list every group's options, or show one option's config
   lr-find [overrides]      learning-rate range test on the composed config; prints the lr to use
   data show [overrides]    write a PNG grid of augmented training samples with their class names
+  init [DIR]               write a starter project: your own model class, dataset and preset configs
+
+Your own configs: conf/GROUP/NAME.yaml in the working folder, --config-dir DIR or CNNLAB_CONFIG_PATH (train, list,
+lr-find, data show); they come before the built-in ones. Runs remember them (resume=, eval, predict).
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
 `cnnlab COMMAND --help` lists the options of eval, predict, compare, lr-find and data show.
+Tab completion of `cnnlab train` (your options too): eval "$(cnnlab -sc install=bash)".
 """
 
 COMMANDS = {
@@ -37,6 +43,7 @@ COMMANDS = {
     "list": module_command("listing"),
     "lr-find": module_command("lrfind"),
     "data": module_command("data"),
+    "init": module_command("init"),
 }
 
 
@@ -46,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     command, rest = args[0], args[1:]
+    if command in ("-sc", "--shell-completion"):  # Hydra's tab completion: `eval "$(cnnlab -sc install=bash)"`
+        command, rest = "train", args
     if command in COMMANDS:
+        project_importable()  # the user's modules in the working folder (`_target_: my_models.MyNet`)
         return COMMANDS[command](rest)
     return report(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} (see cnnlab --help)")
 

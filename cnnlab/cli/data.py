@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,19 @@ def parser() -> Parser:
     parser = Parser(prog="cnnlab data show", description=USAGE.split("\n\n", 1)[1].strip())
     parser.add_argument("--count", type=int, default=32, help="how many samples (default 32)")
     parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default outputs/data/...)")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own configs (GROUP/NAME.yaml), as for cnnlab train")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for cnnlab train")
     return parser
 
 
-def compose_config(overrides: list[str]) -> tuple[Any, dict[str, str]]:
+def compose_config(overrides: list[str], config_dirs: Sequence[str] = ()) -> tuple[Any, dict[str, str]]:
     """The config `cnnlab train` would run with these overrides (Hydra's compose API), and the group choices."""
     from hydra.core.hydra_config import HydraConfig
 
     from cnnlab.config import compose
 
-    cfg = compose(overrides, job_name="data_show")
+    cfg = compose(overrides, job_name="data_show", config_dirs=config_dirs)
     choices = {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
     for override in overrides:  # a list of options (augmentation=[standard,mixup]) is not among the choices
         group, _, value = override.partition("=")
@@ -51,7 +54,7 @@ def show(args: list[str]) -> int:
     if options.count < 1:
         raise ConfigError("--count", options.count, "a positive integer")
     count, out, overrides = options.count, options.out, options.overrides
-    cfg, choices = compose_config(overrides)
+    cfg, choices = compose_config(overrides, options.config_dir)
     validate(cfg)
     dataset, augmentation = choices.get("dataset", "dataset"), choices.get("augmentation", "none")
     datamodule = build_datamodule(cfg)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from cnnlab.config import CONF_DIR
+from cnnlab.cli.common import Parser
+from cnnlab.config import CONF_DIR, search_path, user_config_dirs
 from cnnlab.errors import ConfigError
 
 PRIMARY = "primary config"
@@ -43,32 +46,83 @@ def description(path: Path) -> str:
     return ""
 
 
-def show(args: list[str], conf_dir: Path = CONF_DIR) -> str:
-    """The listing text for `cnnlab list [GROUP [OPTION]]` (`cnnlab list train` shows conf/train.yaml)."""
-    found = groups(conf_dir)
-    primary = {p.stem: p for p in primary_configs(conf_dir)}
+@dataclass
+class Option:
+    """One group option as Hydra finds it: the first folder of the search path that has it wins."""
+
+    path: Path
+    folder: Path  # the config folder it comes from
+    shadows: list[Path] = field(default_factory=list)  # the same option in folders further on, hidden by this one
+
+
+def options(config_dirs: Sequence[Path] = ()) -> dict[str, dict[str, Option]]:
+    """Every group's options over the search path (the user's folders, then the built-in), in group order."""
+    found: dict[str, dict[str, Option]] = {}
+    for folder in search_path(config_dirs):
+        for group, files in groups(folder).items():
+            for path in files:
+                if path.stem in found.setdefault(group, {}):
+                    found[group][path.stem].shadows.append(path)
+                else:
+                    found[group][path.stem] = Option(path, folder)
+    return {group: dict(sorted(found[group].items())) for group in sorted(found)}
+
+
+def _origin(option: Option) -> str:
+    if option.folder == CONF_DIR:
+        return ""
+    shadowed = " (shadows the built-in one)" if any(p.is_relative_to(CONF_DIR) for p in option.shadows) else \
+        " (shadows one further on the search path)" if option.shadows else ""
+    return f"  [{option.folder}{shadowed}]"
+
+
+def show(args: list[str], config_dirs: Sequence[Path] = ()) -> str:
+    """The listing text for `cnnlab list [GROUP [OPTION]]` (`cnnlab list train` shows conf/train.yaml).
+
+    `config_dirs`: the user's config folders (cnnlab.config.user_config_dirs), searched before the built-in one.
+    """
+    found = options(config_dirs)
+    primary = {p.stem: p for p in primary_configs(CONF_DIR)}
     if len(args) == 1 and args[0] in primary and args[0] not in found:
         return f"# {PRIMARY} ({primary[args[0]]})\n" + primary[args[0]].read_text()
     if args and args[0] not in found:
         raise ConfigError("list", args[0], message=(
             f"no config group {args[0]!r}; choose one of: {', '.join([*found, *primary])}"))
     if len(args) >= 2:
-        names = {p.stem: p for p in found[args[0]]}
+        names = found[args[0]]
         if args[1] not in names:
             raise ConfigError("list", args[1], message=(
                 f"{args[0]}={args[1]}: no such option; choose one of: {', '.join(names)}"))
-        return f"# {args[0]}={args[1]}  ({names[args[1]]})\n" + names[args[1]].read_text()
-    sections = {group: files for group, files in found.items() if not args or group == args[0]}
-    if not args and primary:
-        sections[f"{PRIMARY} (`cnnlab list NAME` shows it)"] = list(primary.values())
+        option = names[args[1]]
+        hidden = "".join(f"# shadows {path}\n" for path in option.shadows)
+        return f"# {args[0]}={args[1]}  ({option.path})\n{hidden}" + option.path.read_text()
+    sections = {group: list(names.values()) for group, names in found.items() if not args or group == args[0]}
     lines = []
-    for heading, files in sections.items():
+    if config_dirs and not args:
+        lines.append("config folders, searched in this order (an option found first shadows one of the same name "
+                     "further on): " + ", ".join([*map(str, config_dirs), f"{CONF_DIR} (built-in)"]))
+    for heading, entries in sections.items():
         lines.append(f"{heading}:")
-        width = max(len(p.stem) for p in files)
-        lines += [f"  {p.stem:<{width}}  {description(p)}" for p in files]
+        width = max(len(o.path.stem) for o in entries)
+        lines += [f"  {o.path.stem:<{width}}  {description(o.path)}{_origin(o)}" for o in entries]
+    if not args and primary:
+        lines.append(f"{PRIMARY} (`cnnlab list NAME` shows it):")
+        width = max(map(len, primary))
+        lines += [f"  {name:<{width}}  {description(path)}" for name, path in primary.items()]
     return "\n".join(lines) + "\n"
 
 
+def parser() -> Parser:
+    parser = Parser(prog="cnnlab list", description=(
+        "Every config group's options with their descriptions (your own config folders first), or one option's "
+        "YAML."))
+    parser.add_argument("names", nargs="*", metavar="GROUP [OPTION]", help="a group, or a group and an option")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own configs (GROUP/NAME.yaml), searched before conf/ and the built-in")
+    return parser
+
+
 def main(args: list[str]) -> int:
-    print(show(args), end="")
+    parsed = parser().parse_args(args)
+    print(show(parsed.names, user_config_dirs(parsed.config_dir)), end="")
     return 0

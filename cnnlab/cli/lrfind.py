@@ -19,6 +19,8 @@ def parse(args: list[str]) -> tuple[Any, list[str]]:
     parser.add_argument("--max-lr", type=float, default=1.0, help="end of the range (default 1)")
     parser.add_argument("--steps", type=int, default=100, help="training steps over the range (default 100)")
     parser.add_argument("--output", type=Path, default=None, help="folder for lr_find.png and lr_find.json")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own configs (GROUP/NAME.yaml), as for cnnlab train")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for cnnlab train")
     options = parser.parse_args(args)
     if not 0 < options.min_lr < options.max_lr:
@@ -31,7 +33,7 @@ def parse(args: list[str]) -> tuple[Any, list[str]]:
 def run(args: list[str]) -> dict[str, Any]:
     """Run the range test, write the loss-vs-lr plot and the figures, print the override to use."""
     options, overrides = parse(args)
-    cfg = compose(overrides)
+    cfg = compose(overrides, config_dirs=options.config_dir)
     validate(cfg)
     import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner

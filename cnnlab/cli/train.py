@@ -7,14 +7,27 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cnnlab.config import CONF_DIR, GROUPS, instantiate, monitor_mode
+from cnnlab.config import (
+    CONF_DIR,
+    GROUPS,
+    config_folders_of,
+    instantiate,
+    monitor_mode,
+    project_importable,
+    searching,
+    split_config_dirs,
+    user_config_dirs,
+)
 from cnnlab.errors import report, user_message
 from cnnlab.validate import validate
 
@@ -22,27 +35,24 @@ TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=val
        cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
 
 Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
-trains, tests, and writes a run folder under outputs/. Useful Hydra flags: --cfg job (print the composed config),
---info, --hydra-help, --shell-completion. Config groups and their options:
+trains, tests, and writes a run folder under outputs/. Your own options: conf/GROUP/NAME.yaml in the working
+folder, --config-dir DIR and CNNLAB_CONFIG_PATH (folders like conf/) come before the built-in ones.
+Useful Hydra flags: --cfg job (print the composed config), --info, --hydra-help, --shell-completion.
+Config groups and their options:
 
 """
 
 
 def main(args: list[str]) -> int:
-    if args and args[0] in ("-h", "--help"):
-        # Hydra's own --help composes every group option (about a second); this lists the same from conf/ at once.
-        from cnnlab.cli.listing import show
-
-        print(TRAIN_HELP + show([]), end="")
-        return 0
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
-    if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
-        from cnnlab.train.resume import hydra_args  # imports torch: only when a run is being continued
-
-        args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
-    sys.argv = ["cnnlab train", *args]
     try:
-        hydra_entry()
+        config_dirs, args = split_config_dirs(args)
+        if args and args[0] in ("-h", "--help"):
+            # Hydra's own --help composes every group option (about a second); this lists the same at once.
+            from cnnlab.cli.listing import show
+
+            print(TRAIN_HELP + show([], user_config_dirs(config_dirs)), end="")
+            return 0
+        hydra_run(args, config_dirs)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except KeyboardInterrupt:
@@ -54,6 +64,57 @@ def main(args: list[str]) -> int:
             raise
         return report(message)
     return 0
+
+
+# Set by cnnlab.api around its call: a failing run raises its error to the caller instead of exiting, and the
+# run folder is appended to RUN_DIRS.
+RAISE_ERRORS: ContextVar[bool] = ContextVar("cnnlab_train_raise_errors", default=False)
+RUN_DIRS: ContextVar[list[Path] | None] = ContextVar("cnnlab_train_run_dirs", default=None)
+
+
+# The task reads the ContextVars through these: joblib's launcher pickles the task by value, and a ContextVar
+# does not pickle (module-level functions go by reference).
+def _note_run_dir() -> None:
+    run_dirs = RUN_DIRS.get()
+    if run_dirs is not None:
+        run_dirs.append(Path(HydraConfig.get().runtime.output_dir))
+
+
+def _raising() -> bool:
+    return RAISE_ERRORS.get()
+
+
+def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
+    """`cnnlab train ARGS` through Hydra's main: the user's config folders (`config_dirs` first, then conf/ in
+    the working folder and CNNLAB_CONFIG_PATH, then those a resumed run recorded) before the built-in ones."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
+    if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
+        from cnnlab.train.resume import hydra_args, recorded_config_dirs  # imports torch: only to continue a run
+
+        config_dirs = [*config_dirs, *recorded_config_dirs(args)]
+        args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+    searched = user_config_dirs(config_dirs)
+    project_importable()  # `_target_: my_models.MyNet` from the working folder, as with `python -m`
+    sys.argv = [_completion() if any(a in ("-sc", "--shell-completion") for a in args) else "cnnlab train", *args]
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()  # an earlier run or compose in this process (notebooks) leaves it set up
+    try:
+        with searching(searched):
+            hydra_entry()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _completion() -> str:
+    """Hydra's shell completion for `cnnlab train`: its script calls `cnnlab -sc query=bash` (cnnlab.cli routes
+    that here) with the line typed, which Hydra reads without the program name; the word `train` goes too."""
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if len(words) > 1 and words[1] == "train":
+        os.environ["COMP_LINE"] = " ".join(words[:1] + words[2:])
+        if os.environ.get("COMP_POINT", "").isdigit():
+            os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("train ")))
+    return "cnnlab"  # the program name the installed script completes
 
 
 def _choices() -> dict[str, str]:
@@ -160,6 +221,8 @@ def run(cfg: DictConfig) -> float | None:
         "experiment": cfg.experiment.name if cfg.get("experiment") else None,
         "host": socket.gethostname(), "pid": os.getpid(), "world_size": trainer.world_size,
         "speed": environment.settings(cfg, trainer),
+        # The user's config folders this run was composed from: `resume=` searches them again by itself.
+        "config_dirs": config_folders_of(HydraConfig.get().runtime.config_sources), "workdir": str(Path.cwd()),
     }
     if resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
@@ -270,9 +333,12 @@ def _print_result(summary: dict[str, Any]) -> None:
 def hydra_entry(cfg: DictConfig) -> float | None:
     from cnnlab.train.failures import ended
 
+    _note_run_dir()
     try:
         return run(cfg)
     except BaseException as error:
+        if _raising() and isinstance(error, Exception) and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise  # cnnlab.api: the caller gets the error (as ConfigError when it is the user's)
         # Reported here, as one line, before Hydra would log the job's failure around it; in a sweep, a failed
         # run is recorded in its summary.json and the sweep goes on.
         return ended(error, Path(HydraConfig.get().runtime.output_dir),

@@ -18,6 +18,7 @@ from pathlib import Path
 HYDRA_DIR = ".hydra"
 RUN_CONFIG = f"{HYDRA_DIR}/config.yaml"
 RUN_OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
+RUN_HYDRA = f"{HYDRA_DIR}/hydra.yaml"
 CHECKPOINT_DIR = "checkpoints"
 BEST = f"{CHECKPOINT_DIR}/best.ckpt"
 LAST = f"{CHECKPOINT_DIR}/last.ckpt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,19 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation, side by side in one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rows, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """The matplotlib figure of plot_curves (loss and accuracy per epoch, train vs validation)."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # a notebook's own backend stays; scripts and runs draw off-screen
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -46,8 +57,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def confusion_figure(matrix: Any, class_names: list[str], title: str = "") -> Any:

@@ -23,9 +23,9 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
-from cnnlab.config import upgrade
+from cnnlab.config import config_folders_of, upgrade
 from cnnlab.errors import ConfigError
-from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
+from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_HYDRA, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
 from cnnlab.runs.read import read_metrics, read_summary
 from cnnlab.runs.write import write_metrics
 from cnnlab.train.checkpoint import load_checkpoint
@@ -102,6 +102,32 @@ def hydra_args(args: list[str]) -> list[str]:
     given = {_key(o) for o in overrides}
     saved = [o for o in _saved_overrides(run_dir) if _key(o) not in given and _key(o) not in ("ckpt_path", "resume")]
     return [*saved, *new, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(checkpoint))}"]
+
+
+def recorded_config_dirs(args: list[str]) -> list[str]:
+    """The user's config folders the run that `resume=RUN_DIR` / `ckpt_path=FILE` continues was composed from
+    (Hydra's config_sources in its .hydra/hydra.yaml), so they are searched again with no --config-dir repeated."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    chosen = [a for a in args if _key(a) in ("resume", "ckpt_path") and "=" in a]
+    if len(chosen) != 1:
+        return []
+    key, value = _key(chosen[0]), chosen[0].split("=", 1)[1]
+    run_dir = _run_dir_of(value)[0] if key == "resume" else _checkpoint_of(value)[0]
+    if run_dir is None:
+        return []
+    try:
+        sources = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_HYDRA).hydra.runtime.config_sources)
+    except (OSError, OmegaConfBaseException, AttributeError, ValueError):
+        return []  # a run without the file (or an unreadable one): only this process's folders are searched
+    folders = config_folders_of([s for s in sources if isinstance(s, dict)]) if isinstance(sources, list) else []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(key, value, message=(
+                f"{key}={value}: the run was composed with configs from {folder}, which no longer exists; put it "
+                "back to continue the run"))
+    return folders
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -86,10 +86,49 @@ def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Re
             cfg, source = folder_cfg, str(run_dir / RUN_CONFIG)
     apply_overrides(cfg, list(overrides), resolved=cfg is saved)
     try:
-        OmegaConf.resolve(cfg)
+        # Resolved into a new config: OmegaConf.resolve cannot put a resolver's list (imagefolder's class_names)
+        # in place of its interpolation.
+        struct = OmegaConf.is_struct(cfg)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        OmegaConf.set_struct(cfg, struct)
     except OmegaConfBaseException as error:
         raise ConfigError("config", message=f"cannot resolve the run's config: {error}") from None
+    _check_importable(cfg, run_dir)
     return Restored(checkpoint_path, run_dir, checkpoint, cfg, source)
+
+
+def _targets(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+        return found + [t for key, value in node.items() if key != "_target_" for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for item in node for t in _targets(item)]
+    return []
+
+
+def _check_importable(cfg: DictConfig, run_dir: Path | None) -> None:
+    """A run of the user's own classes (`my_models.MyNet`) needs their module here: one line saying where the run
+    was trained (summary.json's workdir) when it is not importable, before anything is built."""
+    import importlib.util
+
+    for target in _targets(OmegaConf.to_container(cfg)):
+        top = target.split(".", 1)[0]
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            continue
+        workdir = None
+        if run_dir is not None and (run_dir / SUMMARY_FILE).is_file():
+            try:
+                workdir = json.loads((run_dir / SUMMARY_FILE).read_text()).get("workdir")
+            except (ValueError, AttributeError):
+                workdir = None
+        where = f"run cnnlab from {workdir} (where the run was trained) or " if isinstance(workdir, str) else ""
+        raise ConfigError("_target_", target, message=(
+            f"the run's config names {target}, but module {top!r} is not importable here: {where}put the folder "
+            "holding it on PYTHONPATH (or install your package)"))
 
 
 def _folder_config(run_dir: Path) -> DictConfig | None:
