@@ -17,7 +17,8 @@ from cnnlab.cli import main
 from cnnlab.config import CONF_DIR, compose, split_config_dirs, user_config_dirs
 from cnnlab.errors import ConfigError
 
-# A user's package, on PYTHONPATH: a network with keys of its own (no activation/dropout/batch_norm/init keys).
+# A user's package, on PYTHONPATH: a network with keys of its own (no activation/dropout/batch_norm/init keys); the
+# dataset's channels, classes and size reach it as the keywords its signature names.
 MYPKG = '''
 from torch import nn
 
@@ -37,9 +38,6 @@ CONFIGS = {
     "model/tinynet.yaml": '''
         description: "my TinyNet (mypkg.TinyNet): its own keys"
         _target_: mypkg.TinyNet
-        in_channels: ${dataset.channels}
-        num_classes: ${dataset.num_classes}
-        image_size: ${dataset.image_size}
         hidden: 6
         doubled: true
         ''',

@@ -33,10 +33,7 @@ class MyNet(nn.Module):
 
 MY_MODEL_YAML = '''description: "My small CNN (my_models.MyNet): two conv blocks, global average pooling, linear head"
 _target_: my_models.MyNet
-# From the dataset, as in cnnlab's own model configs:
-in_channels: ${dataset.channels}
-num_classes: ${dataset.num_classes}
-image_size: ${dataset.image_size}
+# cnnlab passes the dataset's in_channels, num_classes and image_size to the keywords of that name your class takes.
 # Your class's own keywords: change them here or on the command line (model.width=32).
 width: 16
 dropout: 0.0
