@@ -19,6 +19,8 @@ commands:
   eval RUN_OR_CKPT [k=v]   test metrics of a trained run (split=val for validation; data_dir=... etc.)
   predict RUN_OR_CKPT IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
                            class names and probabilities for image files
+  export RUN_OR_CKPT --format onnx|torchscript [--out FILE] [--opset N] [--dynamic-batch]
+                           the network as one file, checked against PyTorch; preprocessing in a JSON beside it
   compare RUN_OR_SWEEP_DIR... [--format table|md|csv] [--output FILE]
                            runs side by side: differing choices, best/test metrics, overlaid curves
   list [GROUP [OPTION]]    list every group's options, or show one option's config
@@ -26,13 +28,14 @@ commands:
   data show [overrides]    write a PNG grid of augmented training samples with their class names
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
-`cnnlab COMMAND --help` lists the options of eval, predict, compare, lr-find and data show.
+`cnnlab COMMAND --help` lists the options of eval, predict, export, compare, lr-find and data show.
 """
 
 COMMANDS = {
     "train": module_command("train"),
     "eval": module_command("eval"),
     "predict": module_command("predict"),
+    "export": module_command("export"),
     "compare": module_command("compare"),
     "list": module_command("listing"),
     "lr-find": module_command("lrfind"),

@@ -7,6 +7,7 @@ A run folder holds (documented in README.md):
   metrics.csv            one row per epoch                    summary.json           status, best/test metrics...
   curves.png             loss and accuracy curves             model_summary.txt      the layer table
   tb/                    TensorBoard events                   eval/                  `cnnlab eval` reports
+  export/                `cnnlab export` files + JSON         inspect/               `cnnlab inspect` PNGs
 No torch here: `cnnlab compare` reads run folders instantly.
 """
 
@@ -22,6 +23,7 @@ BEST = f"{CHECKPOINT_DIR}/best.ckpt"
 LAST = f"{CHECKPOINT_DIR}/last.ckpt"
 METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves.png"
 MODEL_SUMMARY_FILE, TB_DIR, EVAL_DIR = "model_summary.txt", "tb", "eval"
+EXPORT_DIR, INSPECT_DIR = "export", "inspect"
 COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 
 
