@@ -21,6 +21,8 @@ commands:
                            class names and probabilities for image files
   export RUN_OR_CKPT --format onnx|torchscript [--out FILE] [--opset N] [--dynamic-batch]
                            the network as one file, checked against PyTorch; preprocessing in a JSON beside it
+  inspect RUN_OR_CKPT [IMAGE...] [--layer NAME] [--class C]
+                           PNGs in RUN/inspect/: filters, feature maps, Grad-CAM, worst mistakes, per-class accuracy
   compare RUN_OR_SWEEP_DIR... [--format table|md|csv] [--output FILE]
                            runs side by side: differing choices, best/test metrics, overlaid curves
   list [GROUP [OPTION]]    list every group's options, or show one option's config
@@ -28,7 +30,7 @@ commands:
   data show [overrides]    write a PNG grid of augmented training samples with their class names
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
-`cnnlab COMMAND --help` lists the options of eval, predict, export, compare, lr-find and data show.
+`cnnlab COMMAND --help` lists the options of eval, predict, export, inspect, compare, lr-find and data show.
 """
 
 COMMANDS = {
@@ -36,6 +38,7 @@ COMMANDS = {
     "eval": module_command("eval"),
     "predict": module_command("predict"),
     "export": module_command("export"),
+    "inspect": module_command("inspect"),
     "compare": module_command("compare"),
     "list": module_command("listing"),
     "lr-find": module_command("lrfind"),
