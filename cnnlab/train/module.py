@@ -20,6 +20,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from cnnlab.data.tta import views
 from cnnlab.train.fastpaths import EpochMeans, LeanSteps
 from cnnlab.train.losses import Objective
 from cnnlab.train.optim import RunLength, build_optimizer, build_scheduler
@@ -77,6 +78,9 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         self.test_confusion = None if self.multilabel else MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
         self.test_samples = 0  # images seen by the last test (eval reports it)
+        # Test-time augmentation (cnnlab/data/tta.py) of the test step and `predict`; `eval` and `predict` set it
+        # (after checking the dataset allows it): probabilities averaged over the views, the loss of the image alone.
+        self.tta = "none"
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -133,8 +137,19 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_samples = 0
 
+    def class_probabilities(self, images: Tensor, raw: Tensor | None = None) -> Tensor:
+        """Class probabilities of normalised images, averaged over the `tta` views (`raw`: the output for the
+        images themselves, when already computed)."""
+        outputs = [self(view) for view in views(images, self.tta)[1:]]
+        outputs.insert(0, self(images) if raw is None else raw)
+        probs = [self.objective.probabilities(output.detach()) for output in outputs]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, probs, targets = self._step(batch)
+        images, labels = batch
+        raw = self(images)  # as _step, with the probabilities averaged over the tta views
+        loss, targets = self.objective(raw, labels), self._metric_targets(labels)
+        probs = self.class_probabilities(images, raw)
         self.test_samples += len(targets)
         self.test_scores.update(probs, targets)
         if self.test_confusion is not None:

@@ -178,6 +178,16 @@ def build_trained_module(restored: Restored) -> Any:
     return module.eval()
 
 
+def set_tta(module: Any, cfg: DictConfig, tta: str) -> None:
+    """Test-time augmentation (cnnlab/data/tta.py) for the module's test step and predictions, where the dataset
+    allows it (`dataset.flip_ok`; runs saved before the key existed allow flips)."""
+    from cnnlab.data.tta import check_tta
+
+    source = str(cfg.dataset.get("source", {}).get("_target_", "this dataset")).rsplit(".", 1)[-1]
+    check_tta(tta, bool(cfg.dataset.get("flip_ok", True)), f"dataset {source}")
+    module.tta = tta
+
+
 def build_prediction_datamodule(restored: Restored, load_data: bool) -> Any:
     """The run's datamodule with the normalisation statistics it was trained with.
 
