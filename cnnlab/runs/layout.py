@@ -25,6 +25,8 @@ METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves
 MODEL_SUMMARY_FILE, TB_DIR, EVAL_DIR = "model_summary.txt", "tb", "eval"
 EXPORT_DIR, INSPECT_DIR = "export", "inspect"
 COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+# Written after val_acc by runs that average their weights (ema.enabled), and only by them.
+EMA_COLUMNS = ("val_ema_loss", "val_ema_acc")
 
 
 def last_checkpoint(run_dir: Path) -> Path:

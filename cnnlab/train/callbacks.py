@@ -53,6 +53,8 @@ class RunLog(pl.Callback):
             "train_acc": value("train/acc"),
             "val_loss": value("val/loss"),
             "val_acc": value("val/acc"),
+            "val_ema_loss": value("val_ema/loss"),
+            "val_ema_acc": value("val_ema/acc"),
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
             "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
         }

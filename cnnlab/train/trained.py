@@ -164,7 +164,12 @@ def _copies(container: Any, name: str, value: Any, prefix: str = "") -> list[str
 
 
 def build_trained_module(restored: Restored) -> Any:
-    """The ClassifierModule of the run with the checkpoint's weights, in eval mode."""
+    """The ClassifierModule of the run with the checkpoint's weights, in eval mode.
+
+    When the run evaluates its weights' moving average (`ema.enabled` and `ema.evaluate`), `module.model` holds the
+    averaged weights, so everything that reads the network (predict, export, inspect) uses them as the test step
+    does.
+    """
     from cnnlab.train.build import build_module
 
     module = build_module(restored.cfg)
@@ -175,6 +180,10 @@ def build_trained_module(restored: Restored) -> Any:
         raise ConfigError("checkpoint", str(restored.checkpoint_path), message=(
             f"the weights in {restored.checkpoint_path} do not fit the network its config describes ({first})"
         )) from None
+    if module.test_with_ema:
+        from cnnlab.train.ema import copy_averaged_weights
+
+        copy_averaged_weights(module.ema, module.model)
     return module.eval()
 
 
