@@ -124,5 +124,5 @@ def test_unknown_command_exits_2():
     result = cnnlab("fly")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "cnnlab: error: unknown command 'fly'; choose one of: train, eval, predict, compare, list, lr-find, data "
-        "(see cnnlab --help)")
+        "cnnlab: error: unknown command 'fly'; choose one of: train, eval, predict, compare, list, lr-find, data, "
+        "export, inspect (see cnnlab --help)")

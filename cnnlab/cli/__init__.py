@@ -37,12 +37,12 @@ COMMANDS = {
     "train": module_command("train"),
     "eval": module_command("eval"),
     "predict": module_command("predict"),
-    "export": module_command("export"),
-    "inspect": module_command("inspect"),
     "compare": module_command("compare"),
     "list": module_command("listing"),
     "lr-find": module_command("lrfind"),
     "data": module_command("data"),
+    "export": module_command("export"),
+    "inspect": module_command("inspect"),
 }
 
 

@@ -102,7 +102,8 @@ def export(restored: Restored, format: str, out: Path, opset: int | None = None,
         _require_onnx()
     cfg = restored.cfg
     datamodule = build_prediction_datamodule(restored, load_data=False)
-    model = build_trained_module(restored).model.float().eval()
+    module = build_trained_module(restored)  # the averaged weights where the run evaluates them (ema.evaluate)
+    model = module.model.float().eval()
     batches = _check_batches(datamodule, cfg.dataset.channels, cfg.dataset.image_size,
                              [1, 5] if dynamic_batch else [batch_size, batch_size])
     try:
@@ -123,7 +124,8 @@ def export(restored: Restored, format: str, out: Path, opset: int | None = None,
             f"the {format} export disagrees with PyTorch: max absolute difference {difference:.3g} over the "
             f"tolerance {tolerance:g} (nothing was kept)"))
     info = preprocessing(restored, datamodule, format, out, dynamic_batch, batch_size)
-    info.update(opset=written_opset, max_abs_difference=difference, checked_batches=len(batches))
+    info.update(weights="ema" if module.test_with_ema else "trained", opset=written_opset,
+                max_abs_difference=difference, checked_batches=len(batches))
     from cnnlab.runs.write import atomic_write_text
 
     atomic_write_text(sidecar_path(out), json.dumps(info, indent=2) + "\n")

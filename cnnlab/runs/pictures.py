@@ -45,14 +45,14 @@ def filter_grid(filters: np.ndarray, path: Path, title: str) -> Path:
     """Every filter (N, C, kh, kw) in [0, 1] as one small picture, in a square-ish grid."""
     plt = _pyplot()
     rows, columns = _grid(len(filters), math.ceil(math.sqrt(len(filters))))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9 + 0.4, rows * 0.9 + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9 + 0.4, rows * 0.9 + 0.6), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, kernel in zip(axes.flat, filters):
         picture, cmap = _picture(kernel)
         ax.imshow(picture, cmap=cmap, interpolation="nearest", vmin=0, vmax=1)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path, plt)
 
 
@@ -62,7 +62,8 @@ def feature_map_grid(image: np.ndarray, stages: Sequence[tuple[str, np.ndarray]]
     plt = _pyplot()
     columns = per_stage
     fig, axes = plt.subplots(len(stages) + 1, columns, figsize=(columns * 1.1 + 0.6, (len(stages) + 1) * 1.25 + 0.4),
-                             squeeze=False)
+                             squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     picture, cmap = _picture(image)
@@ -75,7 +76,6 @@ def feature_map_grid(image: np.ndarray, stages: Sequence[tuple[str, np.ndarray]]
             label = f"{name} #{channel}" if column == 0 else f"#{channel}"
             axes[row, column].set_title(label, fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path, plt)
 
 
@@ -84,7 +84,8 @@ def grad_cam_grid(images: np.ndarray, maps: Sequence[np.ndarray], column_titles:
     """One row per image: the image, then each heat map (H, W in [0, 1]) laid over it."""
     plt = _pyplot()
     rows, columns = len(images), 1 + len(maps)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.8 + 0.2, rows * 1.8 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.8 + 0.2, rows * 1.8 + 0.5), squeeze=False,
+                             layout="constrained")
     for row, image in enumerate(images):
         picture, cmap = _picture(image)
         for column in range(columns):
@@ -97,7 +98,6 @@ def grad_cam_grid(images: np.ndarray, maps: Sequence[np.ndarray], column_titles:
     for column, heading in enumerate(column_titles):
         axes[0, column].set_title(f"{heading}\n{cell_titles[0][column]}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path, plt)
 
 
@@ -105,7 +105,8 @@ def labelled_images(images: np.ndarray, labels: Sequence[str], path: Path, title
     """Images with a caption each (true and predicted class) in a grid."""
     plt = _pyplot()
     rows, columns = _grid(max(1, len(images)), columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7 + 0.2, rows * 1.9 + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7 + 0.2, rows * 1.9 + 0.5), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
@@ -115,7 +116,6 @@ def labelled_images(images: np.ndarray, labels: Sequence[str], path: Path, title
     if not len(images):
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path, plt)
 
 
@@ -123,7 +123,7 @@ def accuracy_bars(accuracy: Sequence[float], class_names: Sequence[str], path: P
     """Per-class accuracy as horizontal bars, worst class easy to spot (NaN: a class without images)."""
     plt = _pyplot()
     values = np.nan_to_num(np.asarray(accuracy, dtype=float), nan=0.0)
-    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.3 * len(class_names) + 1)))
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.3 * len(class_names) + 1)), layout="constrained")
     positions = np.arange(len(class_names))
     ax.barh(positions, values, color=["tab:red" if v == values.min() else "tab:blue" for v in values])
     ax.set_yticks(positions, class_names, fontsize=7 if len(class_names) > 20 else 9)
@@ -134,5 +134,4 @@ def accuracy_bars(accuracy: Sequence[float], class_names: Sequence[str], path: P
         ax.text(min(float(np.nan_to_num(value)), 0.9) + 0.01, position,
                 "no images" if np.isnan(value) else f"{value:.3f}", va="center", fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path, plt)
