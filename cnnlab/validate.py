@@ -45,6 +45,11 @@ def validate(cfg: Any) -> None:
     _check(cfg.monitor_mode in ("min", "max", "auto"), "monitor_mode", cfg.monitor_mode, "one of min, max, auto")
     _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
     _check_ema(cfg)
+    extras = cfg.get("tensorboard") or {}
+    for key in ("histograms_every", "misclassified"):
+        _check(_is_int(extras.get(key, 0), 0), f"tensorboard.{key}", extras.get(key), "an integer >= 0 (0: off)")
+    _check(isinstance(extras.get("grad_norm", False), bool), "tensorboard.grad_norm", extras.get("grad_norm"),
+           "true or false")
     _check_run(cfg)
     _check_trainer(cfg.trainer)
 

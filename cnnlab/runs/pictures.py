@@ -101,8 +101,8 @@ def grad_cam_grid(images: np.ndarray, maps: Sequence[np.ndarray], column_titles:
     return _save(fig, path, plt)
 
 
-def labelled_images(images: np.ndarray, labels: Sequence[str], path: Path, title: str, columns: int = 6) -> Path:
-    """Images with a caption each (true and predicted class) in a grid."""
+def labelled_figure(images: np.ndarray, labels: Sequence[str], title: str, columns: int = 6) -> Any:
+    """A matplotlib figure of images with a caption each (true and predicted class) in a grid."""
     plt = _pyplot()
     rows, columns = _grid(max(1, len(images)), columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7 + 0.2, rows * 1.9 + 0.5), squeeze=False,
@@ -116,7 +116,12 @@ def labelled_images(images: np.ndarray, labels: Sequence[str], path: Path, title
     if not len(images):
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path, plt)
+    return fig
+
+
+def labelled_images(images: np.ndarray, labels: Sequence[str], path: Path, title: str, columns: int = 6) -> Path:
+    """labelled_figure saved as a PNG."""
+    return _save(labelled_figure(images, labels, title, columns), path, _pyplot())
 
 
 def accuracy_bars(accuracy: Sequence[float], class_names: Sequence[str], path: Path, title: str) -> Path:

@@ -77,6 +77,12 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         RunLog(run_dir, title=title),
         *fault_callbacks(cfg, run_dir, stop),
     ]
+    extras = cfg.get("tensorboard") or {}
+    if extras.get("histograms_every") or extras.get("grad_norm") or extras.get("misclassified"):
+        from cnnlab.train.tensorboard import TensorBoardExtras
+
+        callbacks.append(TensorBoardExtras(extras.get("histograms_every") or 0, bool(extras.get("grad_norm")),
+                                           extras.get("misclassified") or 0))
     if cfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping.patience,
                                        min_delta=cfg.early_stopping.min_delta))
