@@ -45,6 +45,12 @@ def validate(cfg: Any) -> None:
            "an integer >= 1, or -1 for no limit")
     _check(cfg.monitor_mode in ("min", "max", "auto"), "monitor_mode", cfg.monitor_mode, "one of min, max, auto")
     _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
+    _check_ema(cfg)
+    extras = cfg.get("tensorboard") or {}
+    for key in ("histograms_every", "misclassified"):
+        _check(_is_int(extras.get(key, 0), 0), f"tensorboard.{key}", extras.get(key), "an integer >= 0 (0: off)")
+    _check(isinstance(extras.get("grad_norm", False), bool), "tensorboard.grad_norm", extras.get("grad_norm"),
+           "true or false")
     _check_run(cfg)
     _check_trainer(cfg.trainer)
 
@@ -97,6 +103,25 @@ def _check_components(cfg: Any) -> None:
                         f"logger.{name} ({target}) needs the mlflow package, which is not installed: "
                         "pip install 'cnnlab[mlflow]'"))
             check_keywords(f"{group}.{name}", node, required=True)
+
+
+def _check_ema(cfg: Any) -> None:
+    ema = cfg.get("ema")
+    enabled = ema is not None and ema.get("enabled", False)
+    if str(cfg.monitor).startswith("val_ema/") and not enabled:
+        raise ConfigError("monitor", cfg.monitor, message=(
+            f"monitor={cfg.monitor} watches the weights' moving average: set ema.enabled=true, or monitor "
+            f"{cfg.monitor.replace('val_ema/', 'val/')}"))
+    if not enabled:
+        return
+    _check(isinstance(ema.enabled, bool), "ema.enabled", ema.enabled, "true or false")
+    decay = ema.get("decay")
+    _check(_is_number(decay) and 0 <= decay <= 1, "ema.decay", decay, "a number from 0 to 1 (e.g. 0.9998)")
+    for key in ("warmup_gamma", "warmup_power"):
+        value = ema.get(key, 1.0)
+        _check(_is_number(value) and value > 0, f"ema.{key}", value, "a positive number")
+    for key in ("warmup", "evaluate"):
+        _check(isinstance(ema.get(key, False), bool), f"ema.{key}", ema.get(key), "true or false")
 
 
 def _is_int(value: Any, low: int) -> bool:

@@ -125,7 +125,7 @@ def test_unknown_command_exits_2():
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "cnnlab: error: unknown command 'fly'; choose one of: train, eval, predict, compare, list, lr-find, data, "
-        "init (see cnnlab --help)")
+        "init, export, inspect (see cnnlab --help)")
 
 
 @pytest.mark.parametrize("command", [["eval", "RUN"], ["predict", "RUN", "x.png"], ["compare", "RUN"], ["lr-find"],

@@ -20,6 +20,10 @@ commands:
   eval RUN_OR_CKPT [k=v]   test metrics of a trained run (split=val for validation; data_dir=... etc.)
   predict RUN_OR_CKPT IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
                            class names and probabilities for image files
+  export RUN_OR_CKPT --format onnx|torchscript [--out FILE] [--opset N] [--dynamic-batch]
+                           the network as one file, checked against PyTorch; preprocessing in a JSON beside it
+  inspect RUN_OR_CKPT [IMAGE...] [--layer NAME] [--class C]
+                           PNGs in RUN/inspect/: filters, feature maps, Grad-CAM, worst mistakes, per-class accuracy
   compare RUN_OR_SWEEP_DIR... [--format table|md|csv] [--output FILE]
                            runs side by side: differing choices, best/test metrics, overlaid curves
   list [GROUP [OPTION]]    list every group's options, or show one option's config
@@ -31,7 +35,7 @@ Your own configs: conf/GROUP/NAME.yaml in the working folder, --config-dir DIR o
 lr-find, data show); they come before the built-in ones. Runs remember them (resume=, eval, predict).
 
 `cnnlab train --help` lists the config groups; `cnnlab train --cfg job` prints the composed config;
-`cnnlab COMMAND --help` lists the options of eval, predict, compare, lr-find and data show.
+`cnnlab COMMAND --help` lists the options of eval, predict, export, inspect, compare, lr-find and data show.
 Tab completion of `cnnlab train` (your options too): eval "$(cnnlab -sc install=bash)".
 """
 
@@ -44,6 +48,8 @@ COMMANDS = {
     "lr-find": module_command("lrfind"),
     "data": module_command("data"),
     "init": module_command("init"),
+    "export": module_command("export"),
+    "inspect": module_command("inspect"),
 }
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.data.tta import check_tta
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module
+from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, set_tta
 
 SPLITS = ("test", "val")
 METRIC_NAMES = {"acc": "accuracy (top-1)", "acc_top5": "accuracy (top-5)", "precision": "precision (macro)",
@@ -30,34 +31,41 @@ def parser() -> Parser:
         "Hydra-style overrides change the run's saved config, e.g. data_dir=/elsewhere batch_size=256 "
         "trainer.accelerator=cpu."))
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run folder (uses the checkpoint the run tested)")
-    parser.add_argument("overrides", nargs="*", help="key=value for the saved config; split=test|val")
+    parser.add_argument("overrides", nargs="*", help=(
+        "key=value for the saved config; split=test|val; tta=none|flip|shift|flip_shift (test-time augmentation: "
+        "probabilities averaged over mirrored and/or shifted views)"))
     parser.add_argument("--out", type=Path, help="folder for the JSON and PNG (default: RUN/eval/)")
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    split, overrides = _split_option(args.overrides)
+    options, overrides = _eval_options(args.overrides)
+    split, tta = options["split"], options["tta"]
     restored = restore_checked(args.path, overrides)
-    report = evaluate(restored, split)
+    report = evaluate(restored, split, tta=tta)
     out_dir = args.out or _default_out_dir(restored)
-    written = write_report(report, out_dir, f"{restored.checkpoint_path.stem}_{split}")
+    stem = f"{restored.checkpoint_path.stem}_{split}" + ("" if tta == "none" else f"_tta-{tta}")
+    written = write_report(report, out_dir, stem)
     print_report(report, written)
     return 0
 
 
-def _split_option(overrides: list[str]) -> tuple[str, list[str]]:
-    """`split=...` is eval's own option; everything else overrides the saved config."""
-    split, rest = "test", []
+def _eval_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`split=...` and `tta=...` are eval's own options; everything else overrides the saved config."""
+    options, rest = {"split": "test", "tta": "none"}, []
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "split":
             if value not in SPLITS:
                 raise ConfigError("split", value, f"one of {', '.join(SPLITS)}")
-            split = value
+            options["split"] = value
+        elif key == "tta":
+            check_tta(value, flip_ok=True)  # the mode's name; the dataset's consent is checked with its config
+            options["tta"] = value
         else:
             rest.append(item)
-    return split, rest
+    return options, rest
 
 
 def _default_out_dir(restored: Restored) -> Path:
@@ -80,9 +88,10 @@ def per_class_scores(matrix: list[list[int]]) -> list[dict[str, float]]:
             for p, r, f, n in zip(precision, recall, f1, support)]
 
 
-def evaluate(restored: Restored, split: str = "test") -> dict[str, Any]:
+def evaluate(restored: Restored, split: str = "test", tta: str = "none") -> dict[str, Any]:
     """Test the trained module on one split with Lightning's `trainer.test`, the path training's final test takes
-    (the same test_step and metrics); the metrics, per-class scores and confusion matrix as plain data."""
+    (the same test_step and metrics, with `tta` views averaged); the metrics, per-class scores and confusion matrix
+    as plain data."""
     import logging
 
     import pytorch_lightning as pl
@@ -95,6 +104,7 @@ def evaluate(restored: Restored, split: str = "test") -> dict[str, Any]:
     if split == "val":  # the validation split goes through the same test step
         datamodule.test_dataloader = datamodule.val_dataloader  # type: ignore[method-assign]
     module = build_trained_module(restored)
+    set_tta(module, cfg, tta)
     accelerator = cfg.trainer.get("accelerator", "auto")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)  # no device chatter
     try:
@@ -114,6 +124,7 @@ def evaluate(restored: Restored, split: str = "test") -> dict[str, Any]:
         "checkpoint": str(restored.checkpoint_path),
         "config": restored.config_source,
         "split": split,
+        "tta": tta,
         "samples": module.test_samples,
         "multilabel": module.multilabel,
         "metrics": {name: logged[name] for name in METRIC_NAMES if name in logged},
@@ -161,7 +172,9 @@ def print_report(report: dict[str, Any], written: list[Path]) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{report['split']} split[/bold]: {report['samples']} images")
+    tta = report.get("tta", "none")
+    views = "" if tta == "none" else f", test-time augmentation {tta} (the loss: of the images alone)"
+    console.print(f"[bold]{report['split']} split[/bold]: {report['samples']} images{views}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
     console.print(f"config:     {report['config']}", soft_wrap=True)
     summary = Table(title="Metrics", title_justify="left")

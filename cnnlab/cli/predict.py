@@ -19,8 +19,9 @@ import torch
 from cnnlab.cli.common import Parser, restore_checked
 from cnnlab.data.arrays import fit_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, image_files, read_image
+from cnnlab.data.tta import MODES
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, fabric_for
+from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, fabric_for, set_tta
 
 FORMATS = ("table", "json", "csv")
 
@@ -40,6 +41,8 @@ def parser() -> Parser:
     parser.add_argument("--top-k", type=int, default=3, help="how many classes per image (default 3)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the run's)")
+    parser.add_argument("--tta", choices=MODES, default="none", help=(
+        "test-time augmentation: probabilities averaged over mirrored and/or shifted views (default none)"))
     parser.add_argument("--accelerator", help="cpu, gpu, auto... (default: the run's trainer.accelerator)")
     return parser
 
@@ -52,21 +55,23 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--batch-size", args.batch_size, "an integer >= 1")
     files = image_files(args.images)
     restored = restore_checked(args.path)
-    predictions = predict(restored, files, args.top_k, batch_size=args.batch_size, accelerator=args.accelerator)
+    predictions = predict(restored, files, args.top_k, batch_size=args.batch_size, accelerator=args.accelerator,
+                          tta=args.tta)
     {"table": print_table, "json": print_json, "csv": print_csv}[args.format](predictions)
     return 0
 
 
 @torch.inference_mode()
 def predict(restored: Restored, files: list[Path], top_k: int, batch_size: int | None = None,
-            accelerator: str | None = None) -> list[Prediction]:
-    """Top-k classes with probabilities for each file, in the order given."""
+            accelerator: str | None = None, tta: str = "none") -> list[Prediction]:
+    """Top-k classes with probabilities for each file, in the order given (averaged over the `tta` views)."""
     cfg = restored.cfg
     images = [fit_images(read_image(path), cfg.dataset.channels, cfg.dataset.image_size) for path in files]
     datamodule = build_prediction_datamodule(restored, load_data=False)
     module = build_trained_module(restored)
+    set_tta(module, cfg, tta)
     fabric = fabric_for(cfg, accelerator)
-    model = module.model.to(fabric.device)
+    module = module.to(fabric.device)
     names = list(datamodule.class_names)
     k = min(top_k, len(names))
     results = []
@@ -74,8 +79,7 @@ def predict(restored: Restored, files: list[Path], top_k: int, batch_size: int |
     for start in range(0, len(images), step):
         batch = datamodule.normalize(torch.cat(images[start: start + step]).to(fabric.device))
         with fabric.autocast():
-            raw = model(batch)
-        probs = module.objective.probabilities(raw).float().cpu()
+            probs = module.class_probabilities(batch).float().cpu()
         values, indices = probs.topk(k, dim=1)  # sorted: most probable first
         for offset, (row_values, row_indices) in enumerate(zip(values.tolist(), indices.tolist())):
             results.append(Prediction(str(files[start + offset]),

@@ -317,7 +317,8 @@ def _print_result(summary: dict[str, Any]) -> None:
     best, test = summary.get("best") or {}, summary.get("test") or {}
     parts = [f"epochs {summary['epochs']}", f"{summary['duration_s']:.1f}s"]
     if best:
-        parts.append(f"best val_acc {best.get('val_acc') or float('nan'):.4f} (epoch {int(best['epoch'])})")
+        column = "val_ema_acc" if summary.get("monitor", "").startswith("val_ema/") else "val_acc"
+        parts.append(f"best {column} {best.get(column) or float('nan'):.4f} (epoch {int(best['epoch'])})")
     if "test/acc" in test:
         parts.append(f"test acc {test['test/acc']:.4f}")
     if summary.get("debug"):

@@ -8,6 +8,7 @@ A run folder holds (documented in README.md):
   curves.png             loss and accuracy curves             model_summary.txt      the layer table
   tb/                    TensorBoard events                   eval/                  `cnnlab eval` reports
   csv/, mlruns/          the csv and mlflow loggers' files, when those loggers are chosen (logger=...)
+  export/                `cnnlab export` files + JSON         inspect/               `cnnlab inspect` PNGs
 No torch here: `cnnlab compare` reads run folders instantly.
 """
 
@@ -26,7 +27,10 @@ METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves
 MODEL_SUMMARY_FILE, TB_DIR, EVAL_DIR = "model_summary.txt", "tb", "eval"
 # Where each built-in logger of conf/logger/ writes inside the run folder (by its key under `logger:`).
 LOGGER_DIRS = {"tensorboard": TB_DIR, "csv": "csv", "mlflow": "mlruns"}
+EXPORT_DIR, INSPECT_DIR = "export", "inspect"
 COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+# Written after val_acc by runs that average their weights (ema.enabled), and only by them.
+EMA_COLUMNS = ("val_ema_loss", "val_ema_acc")
 
 
 def last_checkpoint(run_dir: Path) -> Path:

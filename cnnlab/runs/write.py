@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnnlab.runs.layout import COLUMNS, METRICS_FILE, SUMMARY_FILE
+from cnnlab.runs.layout import COLUMNS, EMA_COLUMNS, METRICS_FILE, SUMMARY_FILE
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -19,11 +19,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def metric_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """metrics.csv's columns: the EMA ones (after val_acc) only when a row has a value for them."""
+    if not any(row.get(column) is not None for row in rows for column in EMA_COLUMNS):
+        return COLUMNS
+    at = COLUMNS.index("val_acc") + 1
+    return (*COLUMNS[:at], *EMA_COLUMNS, *COLUMNS[at:])
+
+
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    lines = [",".join(COLUMNS)]
+    columns = metric_columns(rows)
+    lines = [",".join(columns)]
     for row in rows:
         lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" if isinstance(row[c], float)
-                              else str(row[c]) for c in COLUMNS))
+                              else str(row[c]) for c in columns))
     atomic_write_text(Path(run_dir) / METRICS_FILE, "\n".join(lines) + "\n")
 
 

@@ -267,6 +267,7 @@ def build_module(cfg: DictConfig, model: nn.Module | None = None) -> ClassifierM
         mode=monitor_mode(cfg),
         config=plain_config(cfg),
         channels_last=cfg.get("channels_last", False),
+        ema=cfg.get("ema"),
     )
 
 

@@ -55,6 +55,8 @@ class RunLog(pl.Callback):
             "train_acc": value("train/acc"),
             "val_loss": value("val/loss"),
             "val_acc": value("val/acc"),
+            "val_ema_loss": value("val_ema/loss"),
+            "val_ema_acc": value("val_ema/acc"),
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
             "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
         }
@@ -79,6 +81,12 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         *user_callbacks(cfg),
         *fault_callbacks(cfg, run_dir, stop),
     ]
+    extras = cfg.get("tensorboard") or {}
+    if extras.get("histograms_every") or extras.get("grad_norm") or extras.get("misclassified"):
+        from cnnlab.train.tensorboard import TensorBoardExtras
+
+        callbacks.append(TensorBoardExtras(extras.get("histograms_every") or 0, bool(extras.get("grad_norm")),
+                                           extras.get("misclassified") or 0))
     if cfg.early_stopping.enabled:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping.patience,
                                        min_delta=cfg.early_stopping.min_delta))

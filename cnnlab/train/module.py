@@ -20,6 +20,8 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from cnnlab.data.tta import views
+from cnnlab.train.ema import build_ema, ema_enabled
 from cnnlab.train.fastpaths import EpochMeans, LeanSteps
 from cnnlab.train.losses import Objective
 from cnnlab.train.optim import RunLength, build_optimizer, build_scheduler
@@ -56,7 +58,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
 
     def __init__(self, model: nn.Module, objective: Objective, num_classes: int, optimizer: Any,
                  scheduler: Any, monitor: str = "val/acc", mode: str = "max", config: dict | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, ema: Any = None):
         super().__init__()
         self.model, self.objective, self.num_classes = model, objective, num_classes
         # NHWC memory layout for convolutions (faster on GPUs with tensor cores, and with bf16); same numbers.
@@ -77,6 +79,15 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         self.test_confusion = None if self.multilabel else MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
         self.test_samples = 0  # images seen by the last test (eval reports it)
+        # Test-time augmentation (cnnlab/data/tta.py) of the test step and `predict`; `eval` and `predict` set it
+        # (after checking the dataset allows it): probabilities averaged over the views, the loss of the image alone.
+        self.tta = "none"
+        # The weights' moving average (cnnlab/train/ema.py): updated after each optimizer step, validated beside
+        # the weights (val_ema/*), saved in checkpoints as the `ema.` entries; the test step uses it when
+        # `ema.evaluate` (eval, predict, export and inspect get its weights through cnnlab/train/trained.py).
+        self.ema = build_ema(self.model, ema) if ema_enabled(ema) else None
+        self.test_with_ema = self.ema is not None and bool(ema.get("evaluate", True))
+        self.val_ema_means = EpochMeans(self.multilabel) if self.ema is not None else None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -87,6 +98,15 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
+
+    def forward_ema(self, images: Tensor) -> Tensor:
+        """The averaged network's output."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.ema.module(images)
+
+    def _test_forward(self, images: Tensor) -> Tensor:
+        return self.forward_ema(images) if self.test_with_ema else self(images)
 
     # ------------------------------------------------------------ steps
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -120,6 +140,9 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, targets = self._step(batch)
         self.val_means.update(loss, probs, targets)
+        if self.ema is not None:
+            raw = self.forward_ema(batch[0])
+            self.val_ema_means.update(self.objective(raw, batch[1]), self.objective.probabilities(raw), targets)
         if self.val_scores is not None:
             self.val_scores.update(probs, targets)
             self.log_dict(self.val_scores, on_epoch=True, batch_size=len(targets))
@@ -129,12 +152,28 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
             for name, value in self.val_means.compute().items():
                 self.log(f"val/{name}", value, prog_bar=True)
         self.val_means.reset()
+        if self.val_ema_means is not None:
+            if self.val_ema_means.update_count:
+                for name, value in self.val_ema_means.compute().items():
+                    self.log(f"val_ema/{name}", value)
+            self.val_ema_means.reset()
 
     def on_test_epoch_start(self) -> None:
         self.test_samples = 0
 
+    def class_probabilities(self, images: Tensor, raw: Tensor | None = None) -> Tensor:
+        """Class probabilities of normalised images, averaged over the `tta` views (`raw`: the output for the
+        images themselves, when already computed)."""
+        outputs = [self._test_forward(view) for view in views(images, self.tta)[1:]]
+        outputs.insert(0, self._test_forward(images) if raw is None else raw)
+        probs = [self.objective.probabilities(output.detach()) for output in outputs]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, probs, targets = self._step(batch)
+        images, labels = batch
+        raw = self._test_forward(images)  # as _step, with the probabilities averaged over the tta views
+        loss, targets = self.objective(raw, labels), self._metric_targets(labels)
+        probs = self.class_probabilities(images, raw)
         self.test_samples += len(targets)
         self.test_scores.update(probs, targets)
         if self.test_confusion is not None:
@@ -154,6 +193,11 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
             self.test_confusion.reset()
 
     # ------------------------------------------------------------ optimisation
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_cfg, self.model)
         schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))

@@ -203,7 +203,12 @@ def _copies(container: Any, name: str, value: Any, prefix: str = "") -> list[str
 
 
 def build_trained_module(restored: Restored) -> Any:
-    """The ClassifierModule of the run with the checkpoint's weights, in eval mode."""
+    """The ClassifierModule of the run with the checkpoint's weights, in eval mode.
+
+    When the run evaluates its weights' moving average (`ema.enabled` and `ema.evaluate`), `module.model` holds the
+    averaged weights, so everything that reads the network (predict, export, inspect) uses them as the test step
+    does.
+    """
     from cnnlab.train.build import build_module
 
     module = build_module(restored.cfg)
@@ -214,7 +219,21 @@ def build_trained_module(restored: Restored) -> Any:
         raise ConfigError("checkpoint", str(restored.checkpoint_path), message=(
             f"the weights in {restored.checkpoint_path} do not fit the network its config describes ({first})"
         )) from None
+    if module.test_with_ema:
+        from cnnlab.train.ema import copy_averaged_weights
+
+        copy_averaged_weights(module.ema, module.model)
     return module.eval()
+
+
+def set_tta(module: Any, cfg: DictConfig, tta: str) -> None:
+    """Test-time augmentation (cnnlab/data/tta.py) for the module's test step and predictions, where the dataset
+    allows it (`dataset.flip_ok`; runs saved before the key existed allow flips)."""
+    from cnnlab.data.tta import check_tta
+
+    source = str(cfg.dataset.get("source", {}).get("_target_", "this dataset")).rsplit(".", 1)[-1]
+    check_tta(tta, bool(cfg.dataset.get("flip_ok", True)), f"dataset {source}")
+    module.tta = tta
 
 
 def build_prediction_datamodule(restored: Restored, load_data: bool) -> Any:

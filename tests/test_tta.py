@@ -1,0 +1,122 @@
+"""Test-time augmentation (cnnlab/data/tta.py) in `eval` and `predict`: averaged view probabilities, refused flips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from cnnlab.cli import main
+from cnnlab.cli.common import restore_checked
+from cnnlab.config import CONF_DIR
+from cnnlab.data import tta
+from cnnlab.train.trained import build_prediction_datamodule, build_trained_module
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_views():
+    images = torch.arange(2 * 1 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    assert [len(tta.views(images, mode)) for mode in tta.MODES] == [1, 2, 5, 10]
+    plain, mirrored = tta.views(images, "flip")
+    assert torch.equal(plain, images) and torch.equal(mirrored, images.flip(-1))
+    _, up, down, left, right = tta.views(images, "shift")  # one pixel on a 16 px image
+    assert torch.equal(up[..., :-1, :], images[..., 1:, :]) and torch.equal(up[..., -1, :], images[..., -1, :])
+    assert torch.equal(down[..., 1:, :], images[..., :-1, :]) and torch.equal(down[..., 0, :], images[..., 0, :])
+    assert torch.equal(left[..., :-1], images[..., 1:]) and torch.equal(right[..., 1:], images[..., :-1])
+    assert tta.shift_pixels(32) == 2 and tta.shift_pixels(8) == 1
+
+
+def test_eval_with_flip_averages_the_two_views(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, out, err = run_cli(capsys, "eval", trained_run, "tta=flip", "--out", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "best_test_tta-flip.json").read_text())
+    assert report["tta"] == "flip" and "test-time augmentation flip" in out
+
+    restored = restore_checked(trained_run)
+    datamodule = build_prediction_datamodule(restored, load_data=True)
+    model = build_trained_module(restored).model
+    images, labels = datamodule.splits["test"]
+    inputs = datamodule.normalize(images)
+    with torch.no_grad():
+        plain, mirrored = model(inputs).softmax(1), model(inputs.flip(-1)).softmax(1)
+    assert float((plain - mirrored).abs().max()) > 0.05, "the flip must change the output for this test to mean it"
+    mean = (plain + mirrored) / 2
+    expected = torch.zeros(10, 10, dtype=torch.long)
+    expected.index_put_((labels, mean.argmax(1)), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    assert report["confusion_matrix"] == expected.tolist()
+    assert report["metrics"]["acc"] == pytest.approx(float((mean.argmax(1) == labels).float().mean()), abs=1e-6)
+    code, _, err = run_cli(capsys, "eval", trained_run, "--out", tmp_path)
+    assert code == 0, err
+    plain_report = json.loads((tmp_path / "best_test.json").read_text())
+    assert plain_report["tta"] == "none"
+    expected_plain = torch.zeros(10, 10, dtype=torch.long)
+    expected_plain.index_put_((labels, plain.argmax(1)), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    assert plain_report["confusion_matrix"] == expected_plain.tolist() != expected.tolist()
+
+
+def test_predict_with_flip_gives_the_mean_of_the_two_views(trained_run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture):
+    restored = restore_checked(trained_run)
+    datamodule = build_prediction_datamodule(restored, load_data=True)
+    model = build_trained_module(restored).model
+    images = datamodule.splits["test"][0][:6]
+    files = []
+    for i, image in enumerate(images):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(image[0].numpy()).save(files[-1])
+    code, out, err = run_cli(capsys, "predict", trained_run, *files, "--tta", "flip", "--top-k", "10",
+                             "--format", "json")
+    assert code == 0, err
+    inputs = datamodule.normalize(images)
+    with torch.no_grad():
+        plain, mirrored = model(inputs).softmax(1), model(inputs.flip(-1)).softmax(1)
+    assert float((plain - mirrored).abs().max()) > 0.05
+    for result, expected in zip(json.loads(out), (plain + mirrored) / 2):
+        got = np.zeros(10)
+        for entry in result["predictions"]:
+            got[entry["index"]] = entry["probability"]
+        assert got == pytest.approx(expected.numpy(), abs=1e-6)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_flips_refused_where_the_dataset_disallows_them(trained_run: Path, tmp_path: Path, command: str,
+                                                        capsys: pytest.CaptureFixture):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(image)
+    args = ["eval", trained_run, "tta=flip_shift", "dataset.flip_ok=false"] if command == "eval" else [
+        "predict", trained_run, image, "--tta", "flip"]
+    if command == "predict":  # a run of a dataset whose YAML says flip_ok: false
+        run = tmp_path / "digits"
+        assert main(["train", "dataset=digits", "dataset.image_size=8", "model=mlp", "model.hidden=[8]",
+                     "progress_bar=none", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                     f"hydra.run.dir={run}"]) == 0
+        args[1] = run
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "does not allow flips" in err and "tta=shift" in err
+
+
+def test_shift_is_allowed_without_flips_and_unknown_modes_are_one_line(trained_run: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture):
+    code, _, err = run_cli(capsys, "eval", trained_run, "tta=shift", "dataset.flip_ok=false", "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "best_test_tta-shift.json").read_text())["tta"] == "shift"
+    code, _, err = run_cli(capsys, "eval", trained_run, "tta=rotate")
+    assert code == 2 and "tta='rotate' is not allowed: one of none, flip, shift, flip_shift" in err
+
+
+def test_digit_datasets_disallow_flips():
+    flags = {path.stem: OmegaConf.load(path).flip_ok for path in sorted((CONF_DIR / "dataset").glob("*.yaml"))}
+    assert {name for name, ok in flags.items() if not ok} == {"mnist", "emnist", "kmnist", "digits", "svhn"}
+    assert flags["cifar10"] and flags["fashion_mnist"]
