@@ -37,16 +37,22 @@ def run_command(command: Callable[[list[str]], int | None], args: list[str]) -> 
     return 0 if code is None else code
 
 
+TRUST_HELP = ("run the targets this run's saved config names even when they are not on cnnlab's allow-list "
+              "(only for run folders and checkpoints you made or trust: a saved config can name any Python callable)")
+
+
 def module_command(module: str) -> Callable[[list[str]], int]:
     """`cnnlab.cli.<module>.main`, imported only when the command runs (torch stays out of `--help` and `list`)."""
     return lambda args: run_command(lambda rest: importlib.import_module(f"cnnlab.cli.{module}").main(rest), args)
 
 
-def restore_checked(path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """A trained run (cnnlab.train.trained.Restored) with its config, overrides applied, validated like a new run."""
+def restore_checked(path: str | Path, overrides: Sequence[str] = (), trust: bool = False) -> Any:
+    """A trained run (cnnlab.train.trained.Restored) with its config, overrides applied, validated like a new run.
+
+    Its `_target_`s must be on the allow-list unless `trust` (the user's --trust)."""
     from cnnlab.train.trained import restore
     from cnnlab.validate import validate
 
-    restored = restore(path, list(overrides))
+    restored = restore(path, list(overrides), trust=trust)
     validate(restored.cfg)
     return restored

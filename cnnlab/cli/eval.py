@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.errors import ConfigError
 from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module
 
@@ -31,6 +31,7 @@ def parser() -> Parser:
         "trainer.accelerator=cpu."))
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run folder (uses the checkpoint the run tested)")
     parser.add_argument("overrides", nargs="*", help="key=value for the saved config; split=test|val")
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--out", type=Path, help="folder for the JSON and PNG (default: RUN/eval/)")
     return parser
 
@@ -38,7 +39,7 @@ def parser() -> Parser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     split, overrides = _split_option(args.overrides)
-    restored = restore_checked(args.path, overrides)
+    restored = restore_checked(args.path, overrides, trust=args.trust)
     report = evaluate(restored, split)
     out_dir = args.out or _default_out_dir(restored)
     written = write_report(report, out_dir, f"{restored.checkpoint_path.stem}_{split}")

@@ -14,12 +14,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cnnlab.config import CONF_DIR, GROUPS, instantiate, monitor_mode
+from cnnlab.config import CONF_DIR, GROUPS, TRUST_FLAG, instantiate, monitor_mode
 from cnnlab.errors import report, user_message
 from cnnlab.validate import validate
 
+# Set by `--trust` for this process and its DDP ranks: a continued run's saved config may name any target.
+TRUST_ENV = "CNNLAB_TRUST"
+
 TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=value ...]
        cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
+       cnnlab train resume=RUN_DIR [--trust]     (continue a run; --trust: its saved config may name any target)
 
 Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
 trains, tests, and writes a run folder under outputs/. Useful Hydra flags: --cfg job (print the composed config),
@@ -36,10 +40,14 @@ def main(args: list[str]) -> int:
         print(TRAIN_HELP + show([]), end="")
         return 0
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
+    if TRUST_FLAG in args:  # the saved config of the run continued may name any target (DDP ranks inherit it)
+        args = [a for a in args if a != TRUST_FLAG]
+        os.environ[TRUST_ENV] = "1"
     if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
         from cnnlab.train.resume import hydra_args  # imports torch: only when a run is being continued
 
-        args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+        # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+        args = hydra_args(args, trust=os.environ.get(TRUST_ENV) == "1")
     sys.argv = ["cnnlab train", *args]
     try:
         hydra_entry()
@@ -100,6 +108,11 @@ def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
 
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration in Hydra's run folder; returns the best monitored value."""
+    if cfg.get("ckpt_path") is not None:  # a continued run's config comes from files on disk: data, allow-listed
+        from cnnlab.config import check_targets
+
+        check_targets(cfg, f"the saved config of {HydraConfig.get().runtime.output_dir}",
+                      trust=os.environ.get(TRUST_ENV) == "1")
     validate(cfg)
     from cnnlab.train.environment import quiet_libraries
 

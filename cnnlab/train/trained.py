@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnlab.config import upgrade
+from cnnlab.config import check_targets, upgrade
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import BEST, CHECKPOINT_DIR, LAST, RUN_CONFIG, SUMMARY_FILE
 
@@ -72,8 +72,12 @@ def _run_checkpoint(run_dir: Path) -> Path:
         f"{run_dir} holds no checkpoint ({CHECKPOINT_DIR}/best.ckpt or last.ckpt): is it a cnnlab run folder?"))
 
 
-def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Restored:
-    """Load the checkpoint (weights only) and the run's config with Hydra-style overrides applied."""
+def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = (), trust: bool = False) -> Restored:
+    """Load the checkpoint (weights only) and the run's config with Hydra-style overrides applied.
+
+    The config is data read from disk: its `_target_`s are checked against the allow-list (cnnlab.config
+    check_targets) after resolution and before anything is built; `trust` (the user's --trust) lets any pass.
+    """
     from cnnlab.train.checkpoint import load_checkpoint
 
     checkpoint_path, run_dir = find_checkpoint(path)
@@ -89,6 +93,7 @@ def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Re
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as error:
         raise ConfigError("config", message=f"cannot resolve the run's config: {error}") from None
+    check_targets(cfg, source, trust=trust)
     return Restored(checkpoint_path, run_dir, checkpoint, cfg, source)
 
 
