@@ -49,6 +49,8 @@ def main(args: list[str]) -> int:
         # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
         args = hydra_args(args, trust=os.environ.get(TRUST_ENV) == "1")
     sys.argv = ["cnnlab train", *args]
+    from cnnlab.runs.lock import release_all
+
     try:
         hydra_entry()
     except SystemExit as exit_:
@@ -61,6 +63,8 @@ def main(args: list[str]) -> int:
         if message is None:
             raise
         return report(message)
+    finally:
+        release_all()  # the run folder's lock goes with the command, however it ended
     return 0
 
 

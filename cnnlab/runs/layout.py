@@ -7,6 +7,7 @@ A run folder holds (documented in README.md):
   metrics.csv            one row per epoch                    summary.json           status, best/test metrics...
   curves.png             loss and accuracy curves             model_summary.txt      the layer table
   tb/                    TensorBoard events                   eval/                  `cnnlab eval` reports
+  .cnnlab.lock           while a process writes the run: its pid and host (cnnlab/runs/lock.py)
 No torch here: `cnnlab compare` reads run folders instantly.
 """
 
@@ -22,6 +23,7 @@ BEST = f"{CHECKPOINT_DIR}/best.ckpt"
 LAST = f"{CHECKPOINT_DIR}/last.ckpt"
 METRICS_FILE, SUMMARY_FILE, CURVES_FILE = "metrics.csv", "summary.json", "curves.png"
 MODEL_SUMMARY_FILE, TB_DIR, EVAL_DIR = "model_summary.txt", "tb", "eval"
+LOCK_FILE = ".cnnlab.lock"
 COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 
 
@@ -36,6 +38,12 @@ def best_checkpoint(run_dir: Path) -> Path:
 def is_run_dir(path: Path) -> bool:
     """A folder Hydra made for one `cnnlab train` job: it holds .hydra/config.yaml."""
     return (Path(path) / RUN_CONFIG).is_file()
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a folder already holds (part of) a run: its config, summary, metrics or checkpoints."""
+    path = Path(path)
+    return is_run_dir(path) or any((path / name).exists() for name in (SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR))
 
 
 def find_runs(path: Path) -> list[Path]:
