@@ -94,3 +94,71 @@ def test_lock_is_exclusive_between_processes(tmp_path: Path):
     assert other.returncode != 0 and "being written by another cnnlab process" in other.stderr
     release(tmp_path / "run")
     assert not lock.exists()
+
+
+# ------------------------------------------------------------------ relocatable runs
+
+def _relocated(original: Path, tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
+    """A copy of `original`, with the original moved away (its recorded absolute paths lead nowhere)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = _files(original)
+    away = tmp_path / "away"
+    original.rename(away)
+    return copy, away, before
+
+
+def _image(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "x.png"
+    Image.new("L", (8, 8), color=120).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["finished", "interrupted"])
+def test_a_copied_run_resumes_evaluates_and_predicts_from_its_new_place(kind: str, tmp_path: Path):
+    original = tmp_path / "original"
+    extra = ["fault_injection.signal_at_step=3", "trainer.max_epochs=2"] if kind == "interrupted" else []
+    made = cnnlab("train", *TINY, *extra, f"hydra.run.dir={original}")
+    assert made.returncode == (143 if kind == "interrupted" else 0), made.stderr[-2000:]
+    copy, away, before = _relocated(original, tmp_path)
+
+    resumed = cnnlab("train", f"resume={copy}", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dirpath has changed" not in resumed.stderr + resumed.stdout
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 2 and summary["test"]
+    assert summary["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert summary["resumed_from"]["checkpoint"] == "checkpoints/last.ckpt"
+    evaluated = cnnlab("eval", str(copy))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((copy / "eval" / "best_test.json").read_text())
+    assert report["checkpoint"].startswith(str(copy)) and report["metrics"]["acc"] == pytest.approx(
+        summary["test"]["test/acc"], abs=1e-6)
+    predicted = cnnlab("predict", str(copy), str(_image(tmp_path)), "--format", "json")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+    import torch
+
+    state = torch.load(copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["callbacks"]
+    recorded = [value for key, value in state.items() if key.startswith("ModelCheckpoint")]
+    assert recorded and all(s["dirpath"] == "." and not os.path.isabs(s["best_model_path"]) for s in recorded)
+    away.rename(original)
+    assert _files(original) == before
+
+
+def test_legacy_run_with_absolute_paths_resumes_from_a_copy(tmp_path: Path):
+    import shutil
+
+    legacy = Path(__file__).resolve().parent / "data" / "legacy-0.1" / "interrupted"
+    copy = tmp_path / "interrupted"
+    shutil.copytree(legacy, copy)
+    before = _files(legacy)
+    resumed = cnnlab("train", f"resume={copy}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dirpath has changed" not in resumed.stderr + resumed.stdout
+    assert json.loads((copy / "summary.json").read_text())["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert _files(legacy) == before

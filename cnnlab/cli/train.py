@@ -173,7 +173,7 @@ def run(cfg: DictConfig) -> float | None:
         "speed": environment.settings(cfg, trainer),
     }
     if resumed is not None:
-        summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
+        summary["resumed_from"] = {"checkpoint": _in_run(cfg.ckpt_path, run_dir), "step": resumed["global_step"]}
     if trainer.is_global_zero:
         write_summary(run_dir, summary)
     monitor_column = cfg.monitor.replace("/", "_")
@@ -201,7 +201,7 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": len(rows),
         "steps": trainer.global_step,
         "best": best,
-        "best_checkpoint": str(Path(checkpoint.best_model_path).relative_to(run_dir))
+        "best_checkpoint": _in_run(checkpoint.best_model_path, run_dir)
         if checkpoint is not None and checkpoint.best_model_path else None,
         "final": rows[-1] if rows else None,
         "test": test_metrics,
@@ -215,6 +215,14 @@ def run(cfg: DictConfig) -> float | None:
     _log_hparams(logger, cfg, choices, best, test_metrics, monitor_column)
     _print_result(summary)
     return None if best is None else best[monitor_column]
+
+
+def _in_run(path: Any, run_dir: Path) -> str:
+    """A path as summary.json records it: relative to the run folder when inside it (a moved run stays whole)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _log_confusion(logger: Any, module: Any, class_names: list[str]) -> None:
