@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import ConfigError, report, user_message
+from cnnlab.errors import ConfigError, file_write_error_in, report, user_message
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,7 +32,11 @@ def run_command(command: Callable[[list[str]], int | None], args: list[str]) -> 
     except Exception as error:
         message = user_message(error)
         if message is None:
-            raise
+            written = file_write_error_in(error)
+            if written is None:
+                raise
+            report(str(written))
+            return 1
         return report(message)
     return 0 if code is None else code
 

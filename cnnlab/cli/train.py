@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnlab.config import CONF_DIR, GROUPS, TRUST_FLAG, instantiate, monitor_mode
-from cnnlab.errors import report, user_message
+from cnnlab.errors import file_write_error_in, report, user_message
 from cnnlab.validate import validate
 
 # Set by `--trust` for this process and its DDP ranks: a continued run's saved config may name any target.
@@ -61,7 +61,11 @@ def main(args: list[str]) -> int:
     except Exception as error:
         message = user_message(error)
         if message is None:
-            raise
+            written = file_write_error_in(error)
+            if written is None:
+                raise
+            report(str(written))
+            return 1
         return report(message)
     finally:
         release_all()  # the run folder's lock goes with the command, however it ended
@@ -105,7 +109,10 @@ def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
         return total
     table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
     Console().print(table)
-    with (run_dir / "model_summary.txt").open("w") as handle:
+    from cnnlab.runs.layout import MODEL_SUMMARY_FILE
+    from cnnlab.runs.write import writing
+
+    with writing(run_dir / MODEL_SUMMARY_FILE), (run_dir / MODEL_SUMMARY_FILE).open("w") as handle:
         Console(file=handle, width=120).print(table)
     return total
 

@@ -12,6 +12,7 @@ No torch here.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import socket
@@ -52,10 +53,10 @@ def acquire(run_dir: Path) -> Path:
     lock = Path(os.path.abspath(run_dir / LOCK_FILE))
     if _HELD.get(lock) == os.getpid():
         return lock
-    run_dir.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(3):
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _owner(lock)
@@ -69,11 +70,20 @@ def acquire(run_dir: Path) -> Path:
                 f"{shown(run_dir)} is being written by another cnnlab process (pid {owner.get('pid', '?')} on "
                 f"{owner.get('host', '?')}, see {shown(lock)}): one run folder has one writer; wait for it, or "
                 f"delete {shown(lock)} if that process is gone")) from None
+        except OSError as error:  # read-only, no permission, a name too long, a full disk: the user's path
+            raise _unwritable(run_dir, error) from None
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(me) + "\n")
         _HELD[lock] = os.getpid()
         return lock
     raise ConfigError("hydra.run.dir", str(run_dir), message=f"cannot lock {shown(lock)}: it keeps coming back")
+
+
+def _unwritable(run_dir: Path, error: OSError) -> ConfigError:
+    code = errno.errorcode.get(error.errno or 0, "")
+    return ConfigError("hydra.run.dir", str(run_dir), message=(
+        f"cannot write the run folder {shown(run_dir)}: {error.strerror or error}" + (f" ({code})" if code else "")
+        + "; choose another hydra.run.dir"))
 
 
 def release(run_dir: Path) -> None:
@@ -97,7 +107,11 @@ atexit.register(release_all)
 def claim(run_dir: Path, resuming: bool) -> Path:
     """Refuse a folder holding another run (unless it is the run being resumed), then lock it."""
     run_dir = Path(run_dir)
-    if not resuming and holds_run(run_dir):
+    try:
+        taken = not resuming and holds_run(run_dir)
+    except OSError as error:
+        raise _unwritable(run_dir, error) from None
+    if taken:
         raise ConfigError("hydra.run.dir", str(run_dir), message=(
             f"{shown(run_dir)} already holds a run: a new run never writes into another one's folder; choose "
             f"another hydra.run.dir, or continue that run with: cnnlab train resume={shown(run_dir)}"))
