@@ -120,3 +120,33 @@ def test_an_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "x": _Interrupt()}, path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# ------------------------------------------------------------------ signals to the whole process group
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_to_the_process_group_while_workers_stream_images(tmp_path: Path, signal_name: str, code: int):
+    import signal
+    import time
+
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "pets", per_class=40)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.cli", "train", "dataset=imagefolder", f"dataset.root={root}",
+         "dataset.image_size=16", "dataset.source.cache=false", "num_workers=2", "model=mlp", "model.hidden=[16]",
+         "batch_size=4", "trainer.max_epochs=200", "progress_bar=none", "test=false", f"hydra.run.dir={run}"],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.csv").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # an epoch done: the persistent workers stream the next one
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = _errors(err)
+    assert len(lines) == 1 and f"interrupted by {signal_name}" in lines[0] and "resume with" in lines[0], err
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    load_checkpoint(run / "checkpoints" / "last.ckpt")
