@@ -41,9 +41,12 @@ def is_run_dir(path: Path) -> bool:
 
 
 def holds_run(path: Path) -> bool:
-    """Whether a folder already holds (part of) a run: its config, summary, metrics or checkpoints."""
+    """Whether a folder already holds (part of) a run: its summary, metrics or checkpoints.
+
+    Hydra's .hydra/ alone is not a run: a run refused by a config check leaves only that, and the same command,
+    corrected, may use the folder."""
     path = Path(path)
-    return is_run_dir(path) or any((path / name).exists() for name in (SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR))
+    return any((path / name).exists() for name in (SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR))
 
 
 def find_runs(path: Path) -> list[Path]:
