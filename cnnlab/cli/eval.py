@@ -14,7 +14,7 @@ import torch
 
 from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module
+from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, changes_results
 
 SPLITS = ("test", "val")
 METRIC_NAMES = {"acc": "accuracy (top-1)", "acc_top5": "accuracy (top-5)", "precision": "precision (macro)",
@@ -41,10 +41,22 @@ def main(argv: list[str]) -> int:
     split, overrides = _split_option(args.overrides)
     restored = restore_checked(args.path, overrides, trust=args.trust)
     report = evaluate(restored, split)
+    report["overrides"] = overrides
     out_dir = args.out or _default_out_dir(restored)
-    written = write_report(report, out_dir, f"{restored.checkpoint_path.stem}_{split}")
+    written = write_report(report, out_dir, report_stem(restored.checkpoint_path.stem, split, overrides))
     print_report(report, written)
     return 0
+
+
+def report_stem(checkpoint_stem: str, split: str, overrides: list[str]) -> str:
+    """`best_test`, or with overrides that may change the numbers `best_test_<8 hex digits of them>`, so an eval
+    under other settings never overwrites the plain one."""
+    import hashlib
+
+    changed = changes_results(overrides)
+    if not changed:
+        return f"{checkpoint_stem}_{split}"
+    return f"{checkpoint_stem}_{split}_{hashlib.sha256(' '.join(sorted(changed)).encode()).hexdigest()[:8]}"
 
 
 def _split_option(overrides: list[str]) -> tuple[str, list[str]]:
