@@ -22,9 +22,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from cnnlab.errors import ConfigError, report
-from cnnlab.runs.layout import LOCK_FILE, holds_run, shown
+from cnnlab.runs.layout import HYDRA_DIR, LOCK_FILE, holds_run, shown
 
 _HELD: dict[Path, int] = {}  # lock files this process holds (released at exit whatever happens)
+_CREATED: set[Path] = set()  # run folders this process created (a run refused by a check leaves none behind)
 
 
 def _owner(lock: Path) -> dict[str, Any] | None:
@@ -111,11 +112,32 @@ def claim(run_dir: Path, resuming: bool) -> Path:
         taken = not resuming and holds_run(run_dir)
     except OSError as error:
         raise _unwritable(run_dir, error) from None
+    if not run_dir.exists():
+        _CREATED.add(Path(os.path.abspath(run_dir)))
     if taken:
         raise ConfigError("hydra.run.dir", str(run_dir), message=(
             f"{shown(run_dir)} already holds a run: a new run never writes into another one's folder; choose "
             f"another hydra.run.dir, or continue that run with: cnnlab train resume={shown(run_dir)}"))
     return acquire(run_dir)
+
+
+def discard_unused(run_dir: Path) -> None:
+    """Remove a run folder this process created when the run was refused before it wrote any run file: what is
+    left is only Hydra's record (.hydra/, the job's log) and the lock."""
+    import shutil
+
+    run_dir = Path(os.path.abspath(run_dir))
+    if run_dir not in _CREATED or holds_run(run_dir):
+        return
+    release(run_dir)
+    shutil.rmtree(run_dir / HYDRA_DIR, ignore_errors=True)
+    for log in run_dir.glob("*.log"):
+        log.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()  # only when nothing else is there
+    except OSError:
+        return
+    _CREATED.discard(run_dir)
 
 
 def is_secondary_rank() -> bool:

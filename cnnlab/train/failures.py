@@ -211,6 +211,9 @@ def ended(error: BaseException, run_dir: Path, base_summary: dict[str, Any]) -> 
         report(f"run {shown(run_dir)} failed: {message}")
         return None
     if user_error is not None:
+        from cnnlab.runs.lock import discard_unused
+
+        discard_unused(run_dir)  # refused by a check before any run file: no half-made folder stays behind
         raise SystemExit(report(user_error)) from None
     if isinstance(error, (NonFiniteLoss, FileWriteError)):
         report(message)
