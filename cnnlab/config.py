@@ -213,6 +213,9 @@ def check_targets(config: Any, source: str, trust: bool = False) -> None:
         try:
             config = OmegaConf.to_container(config, resolve=True)
         except OmegaConfBaseException as error:
+            found = config_error_in(error)  # a resolver's own user error (an image tree without classes, say)
+            if found is not None:
+                raise found from None
             raise ConfigError("config", source, message=(
                 f"cannot check the targets of the config in {source}: {' '.join(str(error).split())[:200]}")) \
                 from None
