@@ -124,6 +124,7 @@ def test_an_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path: Path):
 
 # ------------------------------------------------------------------ signals to the whole process group
 
+@pytest.mark.slow  # trains until its first epoch (tens of steps) is done
 @pytest.mark.parametrize(("signal_name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_signal_to_the_process_group_while_workers_stream_images(tmp_path: Path, signal_name: str, code: int):
     import signal
