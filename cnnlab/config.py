@@ -5,6 +5,7 @@ Imports only cnnlab.errors; checks of a composed config live in cnnlab/validate.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -216,3 +217,122 @@ def monitor_mode(cfg: Any) -> str:
     if cfg.monitor_mode != "auto":
         return cfg.monitor_mode
     return "min" if "loss" in cfg.monitor else "max"
+
+
+# ------------------------------------------------------------------ the allow-list for configs read back from disk
+
+# Packages cnnlab builds on, by exact module: a target is allowed when it is the module + ONE public class name
+# (no deeper attribute; for torchvision.models also its lowercase model builders), so `torch.nn.Conv2d` passes and
+# `torch.load`, `torch.hub.load`, `builtins.open`, `os.system`, `torch.nn.functional.importlib` or
+# `torch.nn.Module.__init__` do not. No class of these modules reads or runs a file or code given by name.
+ALLOWED_MODULES = {"torch.nn.": "classes", "torch.optim.": "classes", "torch.optim.lr_scheduler.": "classes",
+                   "torchvision.transforms.v2.": "classes", "timm.models.": "classes",
+                   "torchvision.models.": "builders"}
+TRUST_FLAG = "--trust"
+
+
+def _targets_in_yaml(folder: Path) -> set[str]:
+    """Every literal `_target_` value in the YAML files below `folder` (read as text data, nothing built)."""
+    import yaml
+
+    found: set[str] = set()
+    for path in sorted(folder.rglob("*.yaml")):
+        try:
+            found |= set(_target_values(yaml.safe_load(path.read_text())))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+    return found
+
+
+def _target_values(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k == "_target_" and isinstance(v, str) and "${" not in v]
+        return found + [t for v in node.values() for t in _target_values(v)]
+    if isinstance(node, list):
+        return [t for item in node for t in _target_values(item)]
+    return []
+
+
+@functools.lru_cache(maxsize=1)
+def catalogue_targets() -> frozenset[str]:
+    """cnnlab's own targets: those its built-in configs name, and the names they had before they moved."""
+    own = _targets_in_yaml(CONF_DIR)
+    return frozenset(own | {old for old in MOVED if not old.endswith(".")})
+
+
+def user_targets() -> set[str]:
+    """The targets the user's own config folders (user_config_dirs) name."""
+    found: set[str] = set()
+    for folder in user_config_dirs():
+        found |= _targets_in_yaml(folder)
+    return found
+
+
+def target_allowed(target: Any, extra: set[str] = frozenset()) -> bool:
+    """Whether a `_target_` read back from disk may be imported and called (checked by exact dotted name).
+
+    `null` names nothing to build (scheduler=none)."""
+    if target is None:
+        return True
+    if not isinstance(target, str):
+        return False
+    name = current_name(target)
+    if target in extra or name in extra or name in catalogue_targets():
+        return True
+    for prefix, kind in ALLOWED_MODULES.items():
+        rest = name[len(prefix):] if name.startswith(prefix) else ""
+        if rest.isidentifier() and (rest[0].isupper() or (kind == "builders" and rest[0].islower())):
+            return True
+    return False
+
+
+def find_targets(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every `_target_` in plain data, at any depth (dicts, lists, `_args_`)."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                found.append((path or "(top)", value))
+            else:
+                found += find_targets(value, where)
+    elif isinstance(node, (list, tuple)):
+        for index, item in enumerate(node):
+            found += find_targets(item, f"{path}[{index}]")
+    return found
+
+
+def check_targets(config: Any, source: str, trust: bool = False) -> None:
+    """ConfigError naming the first `_target_` of a config read back from disk that is not on the allow-list.
+
+    `config` is plain data or an OmegaConf node; a node is resolved first, so an interpolation that builds a
+    target string is judged by what it builds. Nothing named is imported. With `trust` (the user's --trust) every
+    target passes.
+    """
+    if trust:
+        return
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if OmegaConf.is_config(config):
+        try:
+            config = OmegaConf.to_container(config, resolve=True)
+        except OmegaConfBaseException as error:
+            found = config_error_in(error)  # a resolver's own user error (an image tree without classes, say)
+            if found is not None:
+                raise found from None
+            raise ConfigError("config", source, message=(
+                f"cannot check the targets of the config in {source}: {' '.join(str(error).split())[:200]}")) \
+                from None
+    extra = user_targets()
+    for key, target in find_targets(config):
+        check_target(key, target, source, extra)
+
+
+def check_target(key: str, target: Any, source: str, extra: set[str] | None = None) -> None:
+    """ConfigError unless `target` (the `_target_` of `key` in `source`) is on the allow-list."""
+    if not target_allowed(target, user_targets() if extra is None else extra):
+        raise ConfigError(key, target, message=(
+            f"{key}._target_={target!r} in {source} is not on cnnlab's allow-list (cnnlab's catalogue, "
+            f"torch.nn/torch.optim/torchvision/timm classes, your config folders' targets): nothing was run; "
+            f"if you trust this file, add {TRUST_FLAG}"))

@@ -5,6 +5,7 @@ The bottom of the package: imports nothing of cnnlab, so every layer may raise C
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 from typing import Any
@@ -24,6 +25,40 @@ def report(message: str) -> int:
     """Print a user error as one line on stderr; returns the exit code for it (2)."""
     print("cnnlab: error: " + " ".join(str(message).split()), file=sys.stderr)
     return 2
+
+
+class FileWriteError(Exception):
+    """A file could not be written (disk full, file-size limit, read-only, name too long, no permission): the
+    message names the file and the cause; the command reports it as one line (exit code 1)."""
+
+    def __init__(self, path: Any, cause: OSError):
+        self.path, self.cause = path, cause
+        code = errno.errorcode.get(cause.errno or 0, "")
+        reason = cause.strerror or str(cause)
+        super().__init__(f"cannot write {path}: {reason}" + (f" ({code})" if code else ""))
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind an error (torch wraps a failed write in a RuntimeError whose context it is), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def file_write_error_in(error: BaseException) -> FileWriteError | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, FileWriteError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # Hydra groups whose options come from optional plugins: a missing option names the extra that installs them.

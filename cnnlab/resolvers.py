@@ -2,6 +2,7 @@
 
 - `cnnlab.pick`, `cnnlab.class_names`, `cnnlab.num_classes`: dataset YAMLs derive class counts and names.
 - `cnnlab.direction`, `cnnlab.study_storage`: conf/hparams_search/optuna.yaml's direction and storage.
+- `cnnlab.process_tag`: a short tag unique to this process, so default run folder names never collide.
 
 Registered when cnnlab is imported (cnnlab/__init__.py), so every entry point knows them; each imports nothing
 heavy until a config actually uses it.
@@ -9,6 +10,8 @@ heavy until a config actually uses it.
 
 from __future__ import annotations
 
+import functools
+import secrets
 from typing import Any
 
 from cnnlab.config import monitor_mode
@@ -44,9 +47,16 @@ def study_storage(storage: str | None, sweep_dir: str) -> str:
     return str(storage) if storage else f"sqlite:///{sweep_dir}/optuna.db"
 
 
+@functools.cache
+def process_tag() -> str:
+    """`${cnnlab.process_tag:}`: 4 random hex digits, drawn once per process (two runs started in the same
+    microsecond by two processes still get two folders; every resolution in one process agrees)."""
+    return secrets.token_hex(2)
+
+
 RESOLVERS = (("cnnlab.pick", pick, False), ("cnnlab.class_names", class_names, True),
              ("cnnlab.num_classes", num_classes, True), ("cnnlab.direction", direction, False),
-             ("cnnlab.study_storage", study_storage, False))
+             ("cnnlab.study_storage", study_storage, False), ("cnnlab.process_tag", process_tag, False))
 
 
 def register_resolvers() -> None:

@@ -5,6 +5,7 @@ Top of the library layers (it dry-runs the optimizer and schedule from cnnlab.tr
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ def validate(cfg: Any) -> None:
     _check(isinstance(steps, int) and (steps == -1 or steps >= 1), "trainer.max_steps", steps,
            "an integer >= 1, or -1 for no limit")
     _check(cfg.monitor_mode in ("min", "max", "auto"), "monitor_mode", cfg.monitor_mode, "one of min, max, auto")
-    _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
+    _check_seed("seed", cfg.seed)
     _check_ema(cfg)
     extras = cfg.get("tensorboard") or {}
     for key in ("histograms_every", "misclassified"):
@@ -53,6 +54,7 @@ def validate(cfg: Any) -> None:
            "true or false")
     _check_run(cfg)
     _check_trainer(cfg.trainer)
+    _check_monitor(cfg)
 
     try:  # derived by resolvers (an image tree's classes, a label set): their user errors reach the user as such
         derived = {key: cfg.dataset.get(key) for key in ("channels", "num_classes", "image_size", "class_names")}
@@ -65,6 +67,11 @@ def validate(cfg: Any) -> None:
         value = derived[key]
         low = 2 if key == "num_classes" else 1
         _check(isinstance(value, int) and value >= low, f"dataset.{key}", value, f"an integer >= {low}")
+    names = derived["class_names"]
+    if names is not None:
+        names = list(names)
+        _check(len(names) == derived["num_classes"], "dataset.class_names", names,
+               f"one name per class: {derived['num_classes']} names (dataset.num_classes), not {len(names)}")
     from cnnlab.train.optim import check_config  # imports torch: only once a run is being validated
 
     check_config(cfg, monitor_mode(cfg))
@@ -124,6 +131,15 @@ def _check_ema(cfg: Any) -> None:
         _check(isinstance(ema.get(key, False), bool), f"ema.{key}", ema.get(key), "true or false")
 
 
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in 0..2**32-1; torch and Python take those too
+
+
+def _check_seed(key: str, value: Any) -> None:
+    """One rule for `seed` and every `seeds.*`."""
+    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX, key, value,
+           f"an integer from 0 to {SEED_MAX} (2**32-1)")
+
+
 def _is_int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -136,7 +152,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 def _check_run(cfg: Any) -> None:
     """Seeds, the data folder and the fault-injection keys."""
     for key, value in (cfg.get("seeds") or {}).items():
-        _check(isinstance(value, int) and not isinstance(value, bool), f"seeds.{key}", value, "an integer")
+        _check_seed(f"seeds.{key}", value)
     data_dir = os.path.expanduser(os.path.expandvars(str(cfg.get("data_dir") or "")))
     if data_dir and os.path.exists(data_dir):  # a missing one is created when a dataset is downloaded into it
         _check(os.path.isdir(data_dir), "data_dir", data_dir, "a folder (this is a file)")
@@ -159,11 +175,47 @@ def _check_run(cfg: Any) -> None:
            "SIGINT or SIGTERM")
 
 
+# Trainer arguments cnnlab sets itself from other keys (a value in trainer.* would clash with them).
+# callbacks and logger are left to the callbacks/ and logger/ config groups.
+SET_BY_CNNLAB = {"default_root_dir": "hydra.run.dir", "plugins": "cnnlab's atomic checkpoints",
+                 "enable_model_summary": "cnnlab's own model summary", "enable_progress_bar": "progress_bar"}
+
+
+def _check_monitor(cfg: Any) -> None:
+    """The monitored metric must be one the module logs (else it is found missing only after a whole epoch)."""
+    from cnnlab.train.module import logged_names
+
+    names = logged_names(bool(cfg.dataset.get("multilabel", False)))
+    _check(cfg.monitor in names, "monitor", cfg.monitor, "a metric the run logs: " + ", ".join(names))
+
+
+def _trainer_arguments() -> set[str]:
+    import inspect
+
+    import pytorch_lightning as pl
+
+    return {name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"}
+
+
 def _check_trainer(trainer: Any) -> None:
     """The Trainer settings Lightning would otherwise reject only after the run folder has filled up."""
     for key, instead in OWN_TRAINER_KEYS.items():
         if key in trainer:
             raise ConfigError(f"trainer.{key}", trainer.get(key), message=f"trainer.{key} is set by cnnlab: {instead}")
+    known = _trainer_arguments()
+    for key in trainer:
+        if key == "description" or key in OWN_TRAINER_KEYS:
+            continue
+        _check(key not in SET_BY_CNNLAB, f"trainer.{key}", trainer.get(key),
+               f"cnnlab sets it (from {SET_BY_CNNLAB.get(key)}); leave it out")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"trainer.{key}", trainer.get(key), message=(
+                f"trainer.{key}: pytorch_lightning.Trainer takes no argument {key!r}"
+                + (f" (did you mean trainer.{close[0]}?)" if close else "")))
+    limit = trainer.get("limit_train_batches")
+    _check(limit is None or not (_is_number(limit) and limit == 0), "trainer.limit_train_batches", limit,
+           "more than 0 (0 trains nothing; use a fraction like 0.1 or a batch count >= 1)")
     precision = trainer.get("precision", "32-true")
     _check(precision in PRECISIONS, "trainer.precision", precision,
            "one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import ConfigError, report, user_message
+from cnnlab.errors import ConfigError, file_write_error_in, report, user_message
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,9 +32,17 @@ def run_command(command: Callable[[list[str]], int | None], args: list[str]) -> 
     except Exception as error:
         message = user_message(error)
         if message is None:
-            raise
+            written = file_write_error_in(error)
+            if written is None:
+                raise
+            report(str(written))
+            return 1
         return report(message)
     return 0 if code is None else code
+
+
+TRUST_HELP = ("run the targets this run's saved config names even when they are not on cnnlab's allow-list "
+              "(only for run folders and checkpoints you made or trust: a saved config can name any Python callable)")
 
 
 def module_command(module: str) -> Callable[[list[str]], int]:
@@ -42,11 +50,13 @@ def module_command(module: str) -> Callable[[list[str]], int]:
     return lambda args: run_command(lambda rest: importlib.import_module(f"cnnlab.cli.{module}").main(rest), args)
 
 
-def restore_checked(path: str | Path, overrides: Sequence[str] = ()) -> Any:
-    """A trained run (cnnlab.train.trained.Restored) with its config, overrides applied, validated like a new run."""
+def restore_checked(path: str | Path, overrides: Sequence[str] = (), trust: bool = False) -> Any:
+    """A trained run (cnnlab.train.trained.Restored) with its config, overrides applied, validated like a new run.
+
+    Its `_target_`s must be on the allow-list unless `trust` (the user's --trust)."""
     from cnnlab.train.trained import restore
     from cnnlab.validate import validate
 
-    restored = restore(path, list(overrides))
+    restored = restore(path, list(overrides), trust=trust)
     validate(restored.cfg)
     return restored

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.data.tta import check_tta
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, set_tta
+from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, changes_results, set_tta
 
 SPLITS = ("test", "val")
 METRIC_NAMES = {"acc": "accuracy (top-1)", "acc_top5": "accuracy (top-5)", "precision": "precision (macro)",
@@ -34,6 +34,7 @@ def parser() -> Parser:
     parser.add_argument("overrides", nargs="*", help=(
         "key=value for the saved config; split=test|val; tta=none|flip|shift|flip_shift (test-time augmentation: "
         "probabilities averaged over mirrored and/or shifted views)"))
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--out", type=Path, help="folder for the JSON and PNG (default: RUN/eval/)")
     return parser
 
@@ -42,13 +43,25 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     options, overrides = _eval_options(args.overrides)
     split, tta = options["split"], options["tta"]
-    restored = restore_checked(args.path, overrides)
+    restored = restore_checked(args.path, overrides, trust=args.trust)
     report = evaluate(restored, split, tta=tta)
+    report["overrides"] = overrides
     out_dir = args.out or _default_out_dir(restored)
-    stem = f"{restored.checkpoint_path.stem}_{split}" + ("" if tta == "none" else f"_tta-{tta}")
+    stem = report_stem(restored.checkpoint_path.stem, split, overrides) + ("" if tta == "none" else f"_tta-{tta}")
     written = write_report(report, out_dir, stem)
     print_report(report, written)
     return 0
+
+
+def report_stem(checkpoint_stem: str, split: str, overrides: list[str]) -> str:
+    """`best_test`, or with overrides that may change the numbers `best_test_<8 hex digits of them>`, so an eval
+    under other settings never overwrites the plain one."""
+    import hashlib
+
+    changed = changes_results(overrides)
+    if not changed:
+        return f"{checkpoint_stem}_{split}"
+    return f"{checkpoint_stem}_{split}_{hashlib.sha256(' '.join(sorted(changed)).encode()).hexdigest()[:8]}"
 
 
 def _eval_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:

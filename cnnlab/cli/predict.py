@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.data.arrays import fit_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, image_files, read_image
 from cnnlab.data.tta import MODES
@@ -43,6 +43,7 @@ def parser() -> Parser:
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the run's)")
     parser.add_argument("--tta", choices=MODES, default="none", help=(
         "test-time augmentation: probabilities averaged over mirrored and/or shifted views (default none)"))
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--accelerator", help="cpu, gpu, auto... (default: the run's trainer.accelerator)")
     return parser
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size", args.batch_size, "an integer >= 1")
     files = image_files(args.images)
-    restored = restore_checked(args.path)
+    restored = restore_checked(args.path, trust=args.trust)
     predictions = predict(restored, files, args.top_k, batch_size=args.batch_size, accelerator=args.accelerator,
                           tta=args.tta)
     {"table": print_table, "json": print_json, "csv": print_csv}[args.format](predictions)

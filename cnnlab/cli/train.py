@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from cnnlab.config import (
     CONF_DIR,
     GROUPS,
+    TRUST_FLAG,
     config_folders_of,
     instantiate,
     monitor_mode,
@@ -28,11 +29,15 @@ from cnnlab.config import (
     split_config_dirs,
     user_config_dirs,
 )
-from cnnlab.errors import report, user_message
+from cnnlab.errors import file_write_error_in, report, user_message
 from cnnlab.validate import validate
+
+# Set by `--trust` for this process and its DDP ranks: a continued run's saved config may name any target.
+TRUST_ENV = "CNNLAB_TRUST"
 
 TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=value ...]
        cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
+       cnnlab train resume=RUN_DIR [--trust]     (continue a run; --trust: its saved config may name any target)
 
 Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
 trains, tests, and writes a run folder under outputs/. Your own options: conf/GROUP/NAME.yaml in the working
@@ -44,6 +49,11 @@ Config groups and their options:
 
 
 def main(args: list[str]) -> int:
+    if TRUST_FLAG in args:  # the saved config of the run continued may name any target (DDP ranks inherit it)
+        args = [a for a in args if a != TRUST_FLAG]
+        os.environ[TRUST_ENV] = "1"
+    from cnnlab.runs.lock import release_all
+
     try:
         config_dirs, args = split_config_dirs(args)
         if args and args[0] in ("-h", "--help"):
@@ -61,8 +71,14 @@ def main(args: list[str]) -> int:
     except Exception as error:
         message = user_message(error)
         if message is None:
-            raise
+            written = file_write_error_in(error)
+            if written is None:
+                raise
+            report(str(written))
+            return 1
         return report(message)
+    finally:
+        release_all()  # the run folder's lock goes with the command, however it ended
     return 0
 
 
@@ -92,7 +108,8 @@ def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
         from cnnlab.train.resume import hydra_args, recorded_config_dirs  # imports torch: only to continue a run
 
         config_dirs = [*config_dirs, *recorded_config_dirs(args)]
-        args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+        # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+        args = hydra_args(args, trust=os.environ.get(TRUST_ENV) == "1")
     searched = user_config_dirs(config_dirs)
     project_importable()  # `_target_: my_models.MyNet` from the working folder, as with `python -m`
     sys.argv = [_completion() if any(a in ("-sc", "--shell-completion") for a in args) else "cnnlab train", *args]
@@ -156,13 +173,21 @@ def _print_model_summary(layers: tuple[list[Any], int, int], cfg: DictConfig, ru
     shown = name if target.startswith("cnnlab.") else f"{name} ({target})".lstrip()  # a user's class: its path
     table = render(rows, total, trainable, title=f"Model summary: {shown}")
     Console().print(table)
-    with (run_dir / "model_summary.txt").open("w") as handle:
+    from cnnlab.runs.layout import MODEL_SUMMARY_FILE
+    from cnnlab.runs.write import writing
+
+    with writing(run_dir / MODEL_SUMMARY_FILE), (run_dir / MODEL_SUMMARY_FILE).open("w") as handle:
         Console(file=handle, width=120).print(table)
     return total
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train and test one configuration in Hydra's run folder; returns the best monitored value."""
+    if cfg.get("ckpt_path") is not None:  # a continued run's config comes from files on disk: data, allow-listed
+        from cnnlab.config import check_targets
+
+        check_targets(cfg, f"the saved config of {HydraConfig.get().runtime.output_dir}",
+                      trust=os.environ.get(TRUST_ENV) == "1")
     validate(cfg)
     from cnnlab.train.environment import quiet_libraries
 
@@ -225,7 +250,7 @@ def run(cfg: DictConfig) -> float | None:
         "config_dirs": config_folders_of(HydraConfig.get().runtime.config_sources), "workdir": str(Path.cwd()),
     }
     if resumed is not None:
-        summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
+        summary["resumed_from"] = {"checkpoint": _in_run(cfg.ckpt_path, run_dir), "step": resumed["global_step"]}
     if trainer.is_global_zero:
         write_summary(run_dir, summary)
     monitor_column = cfg.monitor.replace("/", "_")
@@ -253,7 +278,7 @@ def run(cfg: DictConfig) -> float | None:
         "epochs": len(rows),
         "steps": trainer.global_step,
         "best": best,
-        "best_checkpoint": str(Path(checkpoint.best_model_path).relative_to(run_dir))
+        "best_checkpoint": _in_run(checkpoint.best_model_path, run_dir)
         if checkpoint is not None and checkpoint.best_model_path else None,
         "final": rows[-1] if rows else None,
         "test": test_metrics,
@@ -267,6 +292,14 @@ def run(cfg: DictConfig) -> float | None:
     _log_hparams(loggers, cfg, choices, best, test_metrics, monitor_column, trainer.global_step)
     _print_result(summary)
     return None if best is None else best[monitor_column]
+
+
+def _in_run(path: Any, run_dir: Path) -> str:
+    """A path as summary.json records it: relative to the run folder when inside it (a moved run stays whole)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _log_confusion(loggers: list[Any], module: Any, class_names: list[str]) -> None:

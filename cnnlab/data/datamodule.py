@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cnnlab.data import folders
 from cnnlab.data.arrays import Arrays, fit_images
 from cnnlab.data.augment import Augmentation
 from cnnlab.data.folders import FileDataset, ImageFiles, check_batch, collate
@@ -139,8 +140,11 @@ class StreamingLoader:
     def __init__(self, files: ImageFiles, labels: Tensor, batch_size: int, shuffle: bool, seed: int = 0,
                  num_workers: int = 0):
         self.batches = _EpochBatches(len(labels), batch_size, shuffle, seed)
+        if num_workers > 0:
+            folders.end_workers_at_exit()
         self.loader = DataLoader(FileDataset(files, labels), batch_sampler=self.batches, num_workers=num_workers,
                                  collate_fn=collate, persistent_workers=num_workers > 0,
+                                 worker_init_fn=folders.ignore_stop_signals,
                                  pin_memory=torch.cuda.is_available())
 
     def __len__(self) -> int:

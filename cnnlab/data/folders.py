@@ -9,8 +9,10 @@ stream from disk through DataLoader workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +100,10 @@ class ImageFiles:
     def decode(self, num_workers: int = 0, batch_size: int = 256) -> torch.Tensor:
         """Every image decoded into one uint8 (N, C, H, W) tensor, using DataLoader workers."""
         labels = torch.zeros(len(self), dtype=torch.int64)
+        if num_workers > 0:
+            end_workers_at_exit()
         loader = DataLoader(FileDataset(self, labels), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate)
+                            collate_fn=collate, worker_init_fn=ignore_stop_signals)
         out = torch.empty(len(self), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         start = 0
         for batch in loader:
@@ -115,6 +119,38 @@ class BadImage:
 
     path: str
     reason: str
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: SIGINT and SIGTERM are the main process's to handle.
+
+    A Ctrl-C or a scheduler's SIGTERM reaches the whole process group; a worker that died of it would end the run
+    with a traceback instead of the main process's checkpoint and one line. The main process stops the workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@functools.cache
+def end_workers_at_exit() -> None:
+    """Once per process: at exit, kill the DataLoader workers still alive.
+
+    multiprocessing ends daemonic children at exit with SIGTERM, which our workers ignore, and then waits for
+    them; persistent workers of a run stopped by a signal are still there then. This atexit handler, registered
+    after multiprocessing's own, runs before it.
+    """
+    import atexit
+    import multiprocessing
+
+    def kill_workers() -> None:
+        # torch's SIGCHLD handler would report each worker killed here as a failure: the run is over.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+                child.join(timeout=5)
+
+    atexit.register(kill_workers)
 
 
 class FileDataset(Dataset):

@@ -9,6 +9,7 @@ A run folder holds (documented in README.md):
   tb/                    TensorBoard events                   eval/                  `cnnlab eval` reports
   csv/, mlruns/          the csv and mlflow loggers' files, when those loggers are chosen (logger=...)
   export/                `cnnlab export` files + JSON         inspect/               `cnnlab inspect` PNGs
+  .cnnlab.lock           while a process writes the run: its pid and host (cnnlab/runs/lock.py)
 No torch here: `cnnlab compare` reads run folders instantly.
 """
 
@@ -28,6 +29,7 @@ MODEL_SUMMARY_FILE, TB_DIR, EVAL_DIR = "model_summary.txt", "tb", "eval"
 # Where each built-in logger of conf/logger/ writes inside the run folder (by its key under `logger:`).
 LOGGER_DIRS = {"tensorboard": TB_DIR, "csv": "csv", "mlflow": "mlruns"}
 EXPORT_DIR, INSPECT_DIR = "export", "inspect"
+LOCK_FILE = ".cnnlab.lock"
 COLUMNS = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
 # Written after val_acc by runs that average their weights (ema.enabled), and only by them.
 EMA_COLUMNS = ("val_ema_loss", "val_ema_acc")
@@ -44,6 +46,15 @@ def best_checkpoint(run_dir: Path) -> Path:
 def is_run_dir(path: Path) -> bool:
     """A folder Hydra made for one `cnnlab train` job: it holds .hydra/config.yaml."""
     return (Path(path) / RUN_CONFIG).is_file()
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a folder already holds (part of) a run: its summary, metrics or checkpoints.
+
+    Hydra's .hydra/ alone is not a run: a run refused by a config check leaves only that, and the same command,
+    corrected, may use the folder."""
+    path = Path(path)
+    return any((path / name).exists() for name in (SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR))
 
 
 def find_runs(path: Path) -> list[Path]:

@@ -6,17 +6,45 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cnnlab.runs.layout import COLUMNS, EMA_COLUMNS, METRICS_FILE, SUMMARY_FILE
+from cnnlab.errors import FileWriteError, os_error_in
+from cnnlab.runs.layout import COLUMNS, EMA_COLUMNS, METRICS_FILE, SUMMARY_FILE, shown
+
+
+def temporary(path: Path) -> Path:
+    """The temporary file a file is written to before it is renamed over `path`."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Around the writing of `path`: on any error the temporary file goes, and an OSError (disk full, file-size
+    limit, read-only, name too long, permission) becomes one FileWriteError naming the file and the cause."""
+    try:
+        yield
+    except BaseException as error:
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        cause = os_error_in(error) if isinstance(error, Exception) else None
+        if cause is None or isinstance(error, FileWriteError):
+            raise
+        raise FileWriteError(shown(path), cause) from error
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write text to a temporary file beside `path`, then rename it over `path` (nothing left half-written)."""
+    path = Path(path)
+    tmp = temporary(path)
+    with writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -41,8 +69,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     import matplotlib.pyplot as plt
 
     fig = curves_figure(rows, title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with writing(Path(path)):
+            fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:

@@ -13,20 +13,26 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from cnnlab.errors import ConfigError
+from cnnlab.runs.write import temporary, writing
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves to `<name>.tmp` and renames it over the target, so a kill mid-save keeps the previous file."""
+    """Saves to `.<name>.tmp` and renames it over the target, so a kill mid-save keeps the previous file.
+
+    A failed save (disk full, file-size limit, read-only folder, a second Ctrl-C) removes the temporary file and
+    leaves the previous checkpoint as it was; a file-system cause becomes one FileWriteError line.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        tmp = temporary(path)
+        with writing(path, tmp):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:  # a handle, so that torch's write errors carry the OSError behind them
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

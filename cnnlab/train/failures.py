@@ -23,7 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from cnnlab.errors import report, user_message
+from cnnlab.errors import FileWriteError, file_write_error_in, report, user_message
 from cnnlab.runs.layout import SUMMARY_FILE, last_checkpoint, shown
 from cnnlab.runs.read import best_epoch, read_metrics, read_summary
 from cnnlab.runs.write import write_summary
@@ -110,7 +110,7 @@ class FaultInjection(pl.Callback):
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
-    if isinstance(error, (RunInterrupted, NonFiniteLoss)) or type(error).__name__ == "ConfigError":
+    if isinstance(error, (RunInterrupted, NonFiniteLoss, FileWriteError)) or type(error).__name__ == "ConfigError":
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -123,6 +123,7 @@ def recorded(run_dir: Path, summary: dict[str, Any], started: float, trainer: pl
     except BaseException as error:
         if isinstance(error, (KeyboardInterrupt, SystemExit)):  # Lightning turns a Ctrl-C into SystemExit(1)
             error = _stopped_at_once(error, trainer, run_dir)
+        error = file_write_error_in(error) or error  # a full disk, say, wherever it surfaced
         rows = read_metrics(run_dir)
         interrupted = isinstance(error, RunInterrupted)
         summary.update({
@@ -134,10 +135,13 @@ def recorded(run_dir: Path, summary: dict[str, Any], started: float, trainer: pl
             "final": rows[-1] if rows else None,
             "duration_s": round(time.time() - started, 2),
         })
-        if interrupted:
+        if interrupted or isinstance(error, FileWriteError):
             summary["resume"] = f"cnnlab train resume={shown(run_dir)}"
         if trainer.is_global_zero:
-            write_summary(run_dir, summary)
+            try:
+                write_summary(run_dir, summary)
+            except FileWriteError:  # the disk that failed the run may fail this too: the error line still comes
+                pass
         raise error from None
 
 
@@ -151,7 +155,10 @@ def _stopped_at_once(error: BaseException, trainer: pl.Trainer, run_dir: Path) -
 
 
 def _checkpoint_step(path: Path) -> int | None:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # noqa: BLE001 - a message about a failure must not fail itself
+        return None
 
 
 def _last_good(run_dir: Path) -> str:
@@ -184,22 +191,31 @@ def ended(error: BaseException, run_dir: Path, base_summary: dict[str, Any]) -> 
         raise SystemExit(error.exit_code) from None
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: the CLI reports them
         raise error
+    error = file_write_error_in(error) or error
     user_error = user_message(error)
     message = user_error or _one_line(error)
-    if isinstance(error, NonFiniteLoss):
+    if isinstance(error, (NonFiniteLoss, FileWriteError)):
         message += f"; {_last_good(run_dir)}"
+    if isinstance(error, FileWriteError):
+        message += f"; free space or fix the folder, then resume with: cnnlab train resume={shown(run_dir)}"
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         summary_path = Path(run_dir) / SUMMARY_FILE
         summary = read_summary(run_dir) if summary_path.is_file() else dict(base_summary)
         summary.update({"status": "failed", "error": message})
-        write_summary(run_dir, summary)
+        try:
+            write_summary(run_dir, summary)
+        except FileWriteError:
+            pass
         if user_error is None and not isinstance(error, NonFiniteLoss):
             logging.getLogger(__name__).error("run failed", exc_info=error)
         report(f"run {shown(run_dir)} failed: {message}")
         return None
     if user_error is not None:
+        from cnnlab.runs.lock import discard_unused
+
+        discard_unused(run_dir)  # refused by a check before any run file: no half-made folder stays behind
         raise SystemExit(report(user_error)) from None
-    if isinstance(error, NonFiniteLoss):
+    if isinstance(error, (NonFiniteLoss, FileWriteError)):
         report(message)
         raise SystemExit(1) from None
     raise error

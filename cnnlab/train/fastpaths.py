@@ -187,6 +187,63 @@ class EpochCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         return None
 
+    # Relocatable runs: the checkpoint records its paths relative to the checkpoint folder (dirpath "."), so a
+    # copied or moved run resumes from its new place and never reads or writes the old one. Not a speed matter,
+    # but this is cnnlab's one ModelCheckpoint class.
+    def state_dict(self) -> dict[str, Any]:
+        return relative_paths(super().state_dict(), str(self.dirpath))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(absolute_paths(state_dict, str(self.dirpath)))
+
+
+PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def _relative(path: Any, folder: str) -> Any:
+    if not isinstance(path, str) or not path:
+        return path
+    try:
+        return os.path.relpath(path, folder) if os.path.isabs(path) else path
+    except ValueError:  # another drive (Windows)
+        return path
+
+
+def relative_paths(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A ModelCheckpoint state with its paths relative to its own folder (recorded as dirpath ".")."""
+    state = dict(state)
+    for key in PATH_KEYS:
+        state[key] = _relative(state.get(key), dirpath)
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {_relative(k, dirpath): v for k, v in state["best_k_models"].items()}
+    state["dirpath"] = "."
+    return state
+
+
+def _here(path: Any, saved_dir: str, dirpath: str) -> Any:
+    """A recorded path as it lies in this checkpoint folder; a file the old folder held is taken from this one."""
+    if not isinstance(path, str) or not path:
+        return path
+    if not os.path.isabs(path):
+        return os.path.join(dirpath, path)
+    relative = os.path.relpath(path, saved_dir) if saved_dir not in ("", ".") else os.path.basename(path)
+    if relative.startswith(".."):  # outside the old checkpoint folder: keep only its name, in this one
+        relative = os.path.basename(path)
+    return os.path.join(dirpath, relative)
+
+
+def absolute_paths(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A saved ModelCheckpoint state (relative, or absolute from an older run or another place) in this folder."""
+    state = dict(state)
+    saved_dir = state.get("dirpath") or "."
+    for key in PATH_KEYS:
+        if key in state:
+            state[key] = _here(state[key], str(saved_dir), dirpath)
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {_here(k, str(saved_dir), dirpath): v for k, v in state["best_k_models"].items()}
+    state["dirpath"] = dirpath
+    return state
+
 
 
 

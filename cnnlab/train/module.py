@@ -36,6 +36,14 @@ def multilabel_scores(num_classes: int) -> dict[str, Metric]:
     }
 
 
+def logged_names(multilabel: bool = False) -> list[str]:
+    """The per-epoch metrics ClassifierModule logs in training, by name: what `monitor` may choose from."""
+    names = ["train/loss", "train/acc", "val/loss", "val/acc"]
+    if multilabel:
+        names += [f"val/{name}" for name in ("f1", "map")]  # multilabel_scores but the per-label f1_label
+    return names
+
+
 def test_metrics(num_classes: int, multilabel: bool = False) -> MetricCollection:
     """Accuracy (top-1, top-5 where classes > 5), macro precision / recall / F1 and AUC-ROC; multi-label: F1, mAP."""
     if multilabel:

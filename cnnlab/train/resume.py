@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
-from cnnlab.config import config_folders_of, upgrade
+from cnnlab.config import check_target, check_targets, config_folders_of, find_targets, upgrade
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_HYDRA, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
 from cnnlab.runs.read import read_metrics, read_summary
@@ -76,8 +76,13 @@ def _saved_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(run_dir / RUN_OVERRIDES)]
 
 
-def hydra_args(args: list[str]) -> list[str]:
-    """Turn `resume=RUN_DIR` / `ckpt_path=FILE` into the Hydra arguments that continue that run; others unchanged."""
+def hydra_args(args: list[str], trust: bool = False) -> list[str]:
+    """Turn `resume=RUN_DIR` / `ckpt_path=FILE` into the Hydra arguments that continue that run; others unchanged.
+
+    The saved checkpoint's config and the run's saved overrides are data read from disk: targets off the allow-list
+    are refused (unless `trust`), and saved overrides may not touch Hydra's own settings (its callbacks, launcher).
+    The config they compose is checked again, resolved, as the run starts (`check_resumed`).
+    """
     chosen = [a for a in args if _key(a) in ("resume", "ckpt_path") and "=" in a]
     if not chosen:
         return args
@@ -88,7 +93,8 @@ def hydra_args(args: list[str]) -> list[str]:
         raise ConfigError(key, value, message=f"{key}={value} continues one run: leave out -m (resume sweep runs "
                                               "one by one)")
     run_dir, checkpoint = _run_dir_of(value) if key == "resume" else _checkpoint_of(value)
-    load_checkpoint(checkpoint)  # a corrupt or foreign file is refused here, before anything is written
+    # A corrupt or foreign file is refused here, before anything is written; its config is data (allow-list).
+    check_targets(upgrade(load_checkpoint(checkpoint)["cnnlab"]["config"]), str(checkpoint), trust=trust)
     new = [a for a in args if a != chosen[0]]
     if run_dir is None:
         return [*new, f"ckpt_path={_quote(str(checkpoint))}"]
@@ -101,6 +107,8 @@ def hydra_args(args: list[str]) -> list[str]:
                 "(start a new run to change the rest)"))
     given = {_key(o) for o in overrides}
     saved = [o for o in _saved_overrides(run_dir) if _key(o) not in given and _key(o) not in ("ckpt_path", "resume")]
+    if not trust:
+        _check_saved_overrides(saved, run_dir / RUN_OVERRIDES)
     return [*saved, *new, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(checkpoint))}"]
 
 
@@ -128,6 +136,33 @@ def recorded_config_dirs(args: list[str]) -> list[str]:
                 f"{key}={value}: the run was composed with configs from {folder}, which no longer exists; put it "
                 "back to continue the run"))
     return folders
+
+
+def _check_saved_overrides(saved: list[str], source: Path) -> None:
+    """Saved overrides are data: no Hydra settings (callbacks, launchers), no target off the allow-list.
+
+    The config they compose is checked once more, resolved, as the run starts (cnnlab/cli/train.py run).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for override in saved:
+        if _key(override).startswith("hydra"):
+            raise ConfigError(_key(override), override, message=(
+                f"{source} sets Hydra's own settings ({override}), which a run folder never records: nothing was "
+                "run; if you trust this file, add --trust"))
+        if "_target_" not in override:
+            continue
+        try:
+            parsed = OverridesParser.create().parse_override(override)
+        except HydraException:
+            raise ConfigError("overrides", override, message=f"{source}: cannot parse {override!r}") from None
+        value = parsed.value()
+        key = parsed.key_or_group
+        if key == "_target_" or key.endswith("._target_"):
+            check_target(key.removesuffix("_target_").rstrip(".") or "(top)", value, str(source))
+        for where, target in find_targets(value, key):
+            check_target(where, target, str(source))
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

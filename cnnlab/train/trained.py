@@ -16,11 +16,30 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnlab.config import upgrade
+from cnnlab.config import check_targets, upgrade
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import BEST, CHECKPOINT_DIR, LAST, RUN_CONFIG, SUMMARY_FILE
 
 _ABSENT = object()
+
+# What fixes the trained network: an override of these would evaluate another network than the one trained.
+NETWORK_KEYS = ("model", "loss", "dataset.num_classes", "dataset.channels", "dataset.image_size",
+                "dataset.multilabel", "seeds.init")
+# Overrides that only say where the data is and how it is loaded: the numbers stay those of the run's own eval.
+DATA_LOADING_KEYS = ("data_dir", "dataset.source.data_dir", "dataset.root", "dataset.source.root",
+                     "dataset.source.download", "dataset.source.system_dirs", "dataset.source.cache",
+                     "dataset.source.cache_max_mb", "dataset.source.num_workers", "num_workers", "batch_size",
+                     "trainer.accelerator", "trainer.devices", "threads", "data_on_device", "progress_bar")
+
+
+def override_name(override: str) -> str:
+    """The key an override sets (`+a.b=1` -> `a.b`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def changes_results(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides that may change what an evaluation measures (everything but data location and loading)."""
+    return [o for o in overrides if override_name(o) not in DATA_LOADING_KEYS]
 
 
 @dataclass
@@ -72,8 +91,12 @@ def _run_checkpoint(run_dir: Path) -> Path:
         f"{run_dir} holds no checkpoint ({CHECKPOINT_DIR}/best.ckpt or last.ckpt): is it a cnnlab run folder?"))
 
 
-def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Restored:
-    """Load the checkpoint (weights only) and the run's config with Hydra-style overrides applied."""
+def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = (), trust: bool = False) -> Restored:
+    """Load the checkpoint (weights only) and the run's config with Hydra-style overrides applied.
+
+    The config is data read from disk: its `_target_`s are checked against the allow-list (cnnlab.config
+    check_targets) after resolution and before anything is built; `trust` (the user's --trust) lets any pass.
+    """
     from cnnlab.train.checkpoint import load_checkpoint
 
     checkpoint_path, run_dir = find_checkpoint(path)
@@ -93,6 +116,7 @@ def restore(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Re
         OmegaConf.set_struct(cfg, struct)
     except OmegaConfBaseException as error:
         raise ConfigError("config", message=f"cannot resolve the run's config: {error}") from None
+    check_targets(cfg, source, trust=trust)
     _check_importable(cfg, run_dir)
     return Restored(checkpoint_path, run_dir, checkpoint, cfg, source)
 
@@ -183,6 +207,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], resolved: bool = Fals
             raise ConfigError(key, line, message=(
                 f"{line}: a trained run's {key} cannot be swapped for another option; change single keys "
                 f"such as {key}.NAME=VALUE"))
+        if any(key == name or key.startswith(name + ".") for name in NETWORK_KEYS):
+            raise ConfigError(key, line, message=(
+                f"{line}: a trained run's network is fixed ({', '.join(NETWORK_KEYS)}): evaluating another one would "
+                "report numbers no run had; train a new run to try it"))
         old = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
         OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         if resolved and "." not in key and current is not _ABSENT:
