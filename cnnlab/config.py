@@ -26,6 +26,18 @@ GROUPS = ("model", "loss", "optimizer", "scheduler", "dataset", "augmentation", 
 # the built-in ones; an option with a built-in name shadows it.
 CONFIG_PATH_ENV = "CNNLAB_CONFIG_PATH"
 LOCAL_CONF = "conf"
+# The folders this process was given with --config-dir (or config_dir= from Python), for the processes it starts
+# (joblib workers, DDP ranks) and for the allow-list: set by `given_config_dirs`, read by `user_config_dirs`.
+GIVEN_DIRS_ENV = "CNNLAB_GIVEN_CONFIG_DIRS"
+
+
+def given_config_dirs(dirs: Sequence[str | Path]) -> None:
+    """Remember folders the user named (--config-dir) for this process and its children: searched first, and
+    their targets allowed in saved configs. Folders a resumed run recorded are never passed here: a run folder is
+    data and may not extend what is trusted."""
+    known = [p for p in os.environ.get(GIVEN_DIRS_ENV, "").split(os.pathsep) if p]
+    new = [str(Path(d).expanduser().resolve()) for d in dirs]
+    os.environ[GIVEN_DIRS_ENV] = os.pathsep.join(dict.fromkeys([*new, *known]))
 
 
 def user_config_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
@@ -39,7 +51,8 @@ def user_config_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
             raise ConfigError("--config-dir", str(given), message=(
                 f"config folder {str(given)!r} does not exist (give a folder holding model/, dataset/, ... "
                 "YAML files)"))
-    candidates = [*[Path(p).expanduser() for p in extra], Path.cwd() / LOCAL_CONF]
+    given = [Path(p) for p in os.environ.get(GIVEN_DIRS_ENV, "").split(os.pathsep) if p]
+    candidates = [*[Path(p).expanduser() for p in extra], *given, Path.cwd() / LOCAL_CONF]
     candidates += [Path(p).expanduser() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
     found: list[Path] = []
     for folder in candidates:
@@ -334,5 +347,5 @@ def check_target(key: str, target: Any, source: str, extra: set[str] | None = No
     if not target_allowed(target, user_targets() if extra is None else extra):
         raise ConfigError(key, target, message=(
             f"{key}._target_={target!r} in {source} is not on cnnlab's allow-list (cnnlab's catalogue, "
-            f"torch.nn/torch.optim/torchvision/timm classes, your config folders' targets): nothing was run; "
-            f"if you trust this file, add {TRUST_FLAG}"))
+            f"torch.nn/torch.optim/torchvision/timm classes, and the targets of the config folders you run with: "
+            f"conf/ here, --config-dir, {CONFIG_PATH_ENV}): nothing was run; if you trust this file, add {TRUST_FLAG}"))

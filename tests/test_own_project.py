@@ -171,8 +171,9 @@ def write_pngs(folder: Path, count: int = 3) -> list[Path]:
 
 
 def test_user_package_configs_train_resume_eval_predict(project: dict[str, Path]):
-    """Own model class (own keys), own dataset config, own preset from a --config-dir folder: trains, and
-    resume=, eval and predict need neither the flag nor the folder again."""
+    """Own model class (own keys), own dataset config, own preset from a --config-dir folder: trains; resume=
+    finds the folder again from the run's record, and resume=, eval and predict run the user's class once the user
+    runs with that folder (CNNLAB_CONFIG_PATH here)."""
     env, work = user_env(project), project["work"]
     run = work / "run"
     result = cnnlab("train", "--config-dir", str(project["conf"]), "experiment=mine", f"hydra.run.dir={run}",
@@ -184,6 +185,12 @@ def test_user_package_configs_train_resume_eval_predict(project: dict[str, Path]
     assert summary["config_dirs"] == [str(project["conf"].resolve())] and summary["steps"] == 3  # 86 / 32
     assert summary["params"] == 64 * 12 + 12 + 12 * 3 + 3  # TinyNet(hidden=6, doubled) on 1x8x8, 3 classes
 
+    # The run records its config folder, but a run folder is data: it may not extend what is trusted. The user's
+    # class is allowed when the user runs with that folder (here through CNNLAB_CONFIG_PATH), or with --trust.
+    result = cnnlab("train", f"resume={run}", "trainer.max_epochs=2", cwd=work, env=env)
+    assert result.returncode == 2 and "mypkg.TinyNet" in result.stderr and "--config-dir" in result.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3  # refused before anything was touched
+    env = {**env, "CNNLAB_CONFIG_PATH": str(project["conf"])}
     result = cnnlab("train", f"resume={run}", "trainer.max_epochs=2", cwd=work, env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -200,7 +207,8 @@ def test_user_package_configs_train_resume_eval_predict(project: dict[str, Path]
     assert all(abs(sum(c["probability"] for c in p["predictions"]) - 1) < 1e-5 for p in predictions)
 
     # Without the user's package importable: one line naming the module and where the run was trained.
-    result = cnnlab("predict", str(run), str(images[0]), cwd=work)
+    result = cnnlab("predict", str(run), str(images[0]), cwd=work,
+                    env={"CNNLAB_CONFIG_PATH": env["CNNLAB_CONFIG_PATH"]})
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"module 'mypkg' is not importable here: run cnnlab from {work.resolve()}" in result.stderr
     # A recorded folder that is gone: resume says so.

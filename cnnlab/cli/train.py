@@ -22,6 +22,7 @@ from cnnlab.config import (
     GROUPS,
     TRUST_FLAG,
     config_folders_of,
+    given_config_dirs,
     instantiate,
     monitor_mode,
     project_importable,
@@ -104,6 +105,8 @@ def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
     """`cnnlab train ARGS` through Hydra's main: the user's config folders (`config_dirs` first, then conf/ in
     the working folder and CNNLAB_CONFIG_PATH, then those a resumed run recorded) before the built-in ones."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
+    user_config_dirs(config_dirs)  # each must exist
+    given_config_dirs(config_dirs)  # the user's own: searched by child processes too, their targets trusted
     if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
         from cnnlab.train.resume import hydra_args, recorded_config_dirs  # imports torch: only to continue a run
 
