@@ -234,3 +234,97 @@ def test_diagnosis_column_shows_verdicts_and_debug_runs(tmp_path: Path):
     summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert verdicts["plain"] == summary["diagnosis"]["verdict"]
     assert verdicts["fdr"].endswith("[debug=fdr]")
+
+
+# ------------------------------------------------------------------ evidence: differences from a baseline row
+def test_grouped_rows_carry_their_difference_ci_p_value_and_words(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from scipy import stats
+
+    better, base = [0.80, 0.82, 0.79], [0.75, 0.78, 0.76]
+    for seed in range(3):
+        config = {**CONFIG, "seed": seed}
+        fake_run(tmp_path / f"ce{seed}", CHOICES, [f"seed={seed}"], config, [better[seed]], test_acc=better[seed])
+        fake_run(tmp_path / f"nll{seed}", {**CHOICES, "loss": "nll"}, [f"seed={seed}"], config, [base[seed]],
+                 test_acc=base[seed])
+        fake_run(tmp_path / f"kl{seed}", {**CHOICES, "loss": "kl"}, [f"seed={seed}"], config, [base[seed]],
+                 test_acc=base[seed])
+    assert main(["compare", str(tmp_path), "--format", "csv", "--no-plot", "--baseline", "loss=nll"]) == 0
+    rows = {r["loss"]: r for r in read_csv(capsys.readouterr().out)}
+    reference = stats.ttest_rel(better, base)
+    ce = rows["ce"]
+    assert float(ce["delta_best_val_acc"]) == pytest.approx(0.04)
+    assert float(ce["delta_best_val_acc_ci_low"]) == pytest.approx(reference.confidence_interval().low)
+    assert float(ce["delta_best_val_acc_ci_high"]) == pytest.approx(reference.confidence_interval().high)
+    assert float(ce["delta_best_val_acc_p"]) == pytest.approx(reference.pvalue)
+    assert ce["delta_best_val_acc_test"] == "paired t" and ce["evidence"] == "better"
+    assert float(ce["delta_test_acc"]) == pytest.approx(0.04) and ce["delta_test_acc_test"] == "paired t"
+    assert rows["nll"]["evidence"] == "baseline" and rows["nll"]["delta_best_val_acc"] == ""
+    assert rows["kl"]["evidence"] == "no difference: identical with 3 seeds"
+    assert float(rows["kl"]["delta_best_val_acc_p"]) == 1.0
+    # the default baseline is the best row; the Markdown export carries the same columns
+    assert main(["compare", str(tmp_path), "--format", "md", "--no-plot"]) == 0
+    markdown = capsys.readouterr().out
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert "| Δ best val/acc [95% CI] | p best val/acc | Δ test acc [95% CI] | p test acc | evidence |" in table[0]
+    assert table[2].startswith("| ce | 3 |") and "| baseline | — | baseline | — | baseline |" in table[2]
+    assert "| -0.0400 [-0.0648, -0.0152] | 0.0202 (paired t) |" in table[3] and table[3].count("| worse |") == 1
+    assert "Δ: difference from the baseline row (loss=ce)" in markdown
+
+
+def test_unpaired_groups_get_welch_and_say_so(tmp_path: Path, capsys: pytest.CaptureFixture):
+    for seed, acc in ((0, 0.70), (1, 0.72), (2, 0.75), (3, 0.71)):
+        fake_run(tmp_path / f"ce{seed}", CHOICES, [f"seed={seed}"], {**CONFIG, "seed": seed}, [acc])
+    for seed, acc in ((7, 0.60), (8, 0.66), (9, 0.62)):
+        fake_run(tmp_path / f"nll{seed}", {**CHOICES, "loss": "nll"}, [f"seed={seed}"], {**CONFIG, "seed": seed},
+                 [acc])
+    assert main(["compare", str(tmp_path), "--format", "csv", "--no-plot"]) == 0
+    rows = {r["loss"]: r for r in read_csv(capsys.readouterr().out)}
+    assert rows["nll"]["delta_best_val_acc_test"] == "Welch (unpaired)"
+    assert rows["nll"]["evidence"] == "worse (unpaired)"
+    assert float(rows["nll"]["delta_best_val_acc_p"]) == pytest.approx(0.0149218, abs=1e-6)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--baseline", "loss=focal"], "--baseline loss=focal: matches no row; allowed: one of loss=ce; loss=nll"),
+    (["--baseline", "ce"], "--baseline ce: give KEY=VALUE pairs"),
+    (["--per-run", "--baseline", "loss=ce"], "--baseline loss=ce: needs rows of repeated runs"),
+])
+def test_bad_baseline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                             expected: str):
+    for seed in range(2):
+        for loss in ("ce", "nll"):
+            fake_run(tmp_path / f"{loss}{seed}", {**CHOICES, "loss": loss}, [f"seed={seed}"],
+                     {**CONFIG, "seed": seed}, [0.5 + seed / 10])
+    assert main(["compare", str(tmp_path), "--no-plot", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and expected in err[0]
+
+
+TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=300",
+        "dataset.source.num_test=60", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=2", "progress_bar=none"]
+
+
+@pytest.mark.slow
+def test_real_sweeps_better_is_marked_better_and_ce_equals_nll(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """ce and nll are the same function (fair runs: identical numbers); lr=1e-6 barely moves from chance."""
+    assert main(["train", "-m", "loss=ce,nll", "seed=0,1,2", "optimizer.lr=0.03", *TINY,
+                 f"hydra.sweep.dir={tmp_path / 'losses'}"]) == 0
+    assert main(["train", "-m", "seed=0,1,2", "optimizer.lr=0.000001", *TINY,
+                 f"hydra.sweep.dir={tmp_path / 'still'}"]) == 0
+    capsys.readouterr()
+    summary = {r["loss"]: r for r in read_csv((tmp_path / "losses" / "sweep_summary.csv").read_text())}
+    assert {r["evidence"] for r in summary.values()} == {"baseline", "no difference: identical with 3 seeds"}
+    folders = [str(tmp_path / "losses"), str(tmp_path / "still")]
+    assert main(["compare", *folders, "--format", "csv", "--no-plot", "--baseline", "optimizer.lr=1e-06"]) == 0
+    rows = read_csv(capsys.readouterr().out)
+    by = {(r["loss"], r["optimizer.lr"]): r for r in rows}
+    for loss in ("ce", "nll"):
+        row = by[(loss, "0.03")]
+        assert row["evidence"] == "better" and row["delta_best_val_acc_test"] == "paired t"
+        assert float(row["delta_best_val_acc_ci_low"]) > 0 and float(row["delta_best_val_acc_p"]) < 0.05
+    assert by[("ce", "1e-06")]["evidence"] == "baseline"
+    assert main(["compare", *folders, "--format", "csv", "--no-plot", "--baseline", "loss=nll optimizer.lr=0.03"]) == 0
+    by = {(r["loss"], r["optimizer.lr"]): r for r in read_csv(capsys.readouterr().out)}
+    assert by[("ce", "0.03")]["evidence"] == "no difference: identical with 3 seeds"
+    assert float(by[("ce", "0.03")]["delta_test_acc"]) == 0.0
+    assert by[("ce", "1e-06")]["evidence"] == "worse"

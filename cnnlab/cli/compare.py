@@ -21,12 +21,16 @@ def parser() -> Parser:
                         help="the overlaid validation curves (default: comparison.png in the one folder given, "
                              "else in the current folder)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
-    parser.add_argument("--per-run", action="store_true", help="one row per run: do not group seeds")
+    parser.add_argument("--per-run", action="store_true", help="one row per run: do not group seeds or folds")
+    parser.add_argument("--baseline", metavar="KEY=VALUE", action="append",
+                        help="the row the others are weighed against (difference, 95%% CI, p-value, evidence), "
+                             "e.g. --baseline loss=ce; repeat for several keys (default: the best row)")
     return parser
 
 
 def main(args: list[str]) -> int:
-    """`cnnlab compare RUN_OR_SWEEP_DIR... [--format md|csv] [--output FILE] [--plot FILE] [--per-run]`."""
+    """`cnnlab compare RUN_OR_SWEEP_DIR... [--format md|csv] [--output FILE] [--plot FILE] [--per-run]
+    [--baseline KEY=VALUE]`."""
     options = parser().parse_args(args)
     targets = []
     for output in options.output:
@@ -36,7 +40,8 @@ def main(args: list[str]) -> int:
             raise ConfigError("--output", str(output),
                               message=f"--output {output}: name it .md or .csv, or give --format md|csv")
         targets.append((output, kind))
-    comparison = compare(load(options.paths), per_run=options.per_run)
+    baseline = " ".join(options.baseline) if options.baseline else None
+    comparison = compare(load(options.paths), per_run=options.per_run, baseline=baseline)
     if options.format == "table":
         print_table(comparison)
     else:
