@@ -15,11 +15,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnlab.config import CONF_DIR, GROUPS, instantiate, monitor_mode
-from cnnlab.errors import report, user_message
+from cnnlab.errors import ConfigError, report, user_message
 from cnnlab.validate import validate
 
 TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=value ...]
        cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
+       cnnlab train [-m ...] cv.folds=K          (k-fold cross-validation: K runs, one per validation fold)
 
 Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
 trains, tests, and writes a run folder under outputs/. Useful Hydra flags: --cfg job (print the composed config),
@@ -40,6 +41,7 @@ def main(args: list[str]) -> int:
         from cnnlab.train.resume import hydra_args  # imports torch: only when a run is being continued
 
         args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
+    args = cross_validation_args(args)
     sys.argv = ["cnnlab train", *args]
     try:
         hydra_entry()
@@ -54,6 +56,24 @@ def main(args: list[str]) -> int:
             raise
         return report(message)
     return 0
+
+
+def cross_validation_args(args: list[str]) -> list[str]:
+    """`cv.folds=K` -> a multirun over `cv.fold=0,...,K-1` (each job validates on its fold); unchanged when no
+    cv.folds is given or a cv.fold is (one fold of a cross-validation, or a resumed fold)."""
+    found = [a.split("=", 1)[1] for a in args if "=" in a and a.split("=", 1)[0].lstrip("+~") == "cv.folds"]
+    if not found or any(a.split("=", 1)[0].lstrip("+~") == "cv.fold" for a in args if "=" in a):
+        return args
+    value = found[-1].strip()
+    if value.lower() == "null":
+        return args
+    if not value.isdigit() or int(value) < 2:
+        raise ConfigError("cv.folds", value, message=(
+            f"cv.folds={value} is not allowed: one whole number of folds, 2 or more (e.g. cv.folds=5); "
+            "to sweep other keys across the folds, add them with -m"))
+    folds = int(value)
+    multirun = [] if any(a in ("-m", "--multirun") for a in args) else ["-m"]
+    return [*multirun, *args, "cv.fold=" + ",".join(str(fold) for fold in range(folds))]
 
 
 def _choices() -> dict[str, str]:
@@ -155,6 +175,8 @@ def run(cfg: DictConfig) -> float | None:
         "host": socket.gethostname(), "pid": os.getpid(), "world_size": trainer.world_size,
         "speed": environment.settings(cfg, trainer),
     }
+    if cfg.get("cv") and cfg.cv.get("folds"):
+        summary["cv"] = {"folds": cfg.cv.folds, "fold": cfg.cv.fold}
     if resumed is not None:
         summary["resumed_from"] = {"checkpoint": str(cfg.ckpt_path), "step": resumed["global_step"]}
     if trainer.is_global_zero:
