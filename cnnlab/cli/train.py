@@ -37,7 +37,11 @@ def main(args: list[str]) -> int:
         print(TRAIN_HELP + show([]), end="")
         return 0
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
-    if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
+    if _resumes_a_sweep(args):
+        from cnnlab.runs.sweep_resume import resume_args
+
+        args = resume_args(args)  # resume=SWEEP_DIR -> the sweep's overrides, its folder, the resumable sweeper
+    elif any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
         from cnnlab.train.resume import hydra_args  # imports torch: only when a run is being continued
 
         args = hydra_args(args)  # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
@@ -56,6 +60,15 @@ def main(args: list[str]) -> int:
             raise
         return report(message)
     return 0
+
+
+def _resumes_a_sweep(args: list[str]) -> bool:
+    """`resume=SWEEP_DIR`: a folder with Hydra's multirun.yaml that is not itself a run folder."""
+    from cnnlab.runs.layout import is_run_dir
+    from cnnlab.runs.sweep_resume import is_sweep_dir
+
+    values = [Path(a.split("=", 1)[1]).expanduser() for a in args if "=" in a and a.split("=", 1)[0] == "resume"]
+    return len(values) == 1 and is_sweep_dir(values[0]) and not is_run_dir(values[0])
 
 
 def cross_validation_args(args: list[str]) -> list[str]:
