@@ -123,3 +123,31 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path, monkeypatch: pyte
     assert files(sweep / "1") == kept  # not asked: the failed job stays failed
     assert main(["train", "-m", f"resume={sweep}", "rerun_failed=true"]) == 0
     assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_resume_with_the_joblib_launcher_keeps_job_numbers(tmp_path: Path):
+    """A joblib sweep whose job 2 was cut off (its summary says interrupted) and whose job 3 never started."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert main(["train", "-m", "seed=0,1,2,3", *TINY, "trainer.max_epochs=1", "test=false", *joblib,
+                 f"hydra.sweep.dir={sweep}"]) == 0
+    summary = json.loads((sweep / "2" / "summary.json").read_text())
+    (sweep / "2" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    shutil.rmtree(sweep / "3")
+    kept = {job: files(sweep / job) for job in ("0", "1")}
+    assert main(["train", "-m", f"resume={sweep}"]) == 0  # the launcher comes back from multirun.yaml
+    assert all(files(sweep / job) == kept[job] for job in ("0", "1"))
+    resumed = json.loads((sweep / "2" / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] == summary["steps"]
+    assert json.loads((sweep / "3" / "summary.json").read_text())["seed"] == 3
+    hydra = yaml_load(sweep / "3" / ".hydra" / "hydra.yaml")["hydra"]
+    assert hydra["job"]["num"] == 3 and hydra["runtime"]["choices"]["hydra/launcher"] == "joblib"
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
