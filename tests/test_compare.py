@@ -328,3 +328,30 @@ def test_real_sweeps_better_is_marked_better_and_ce_equals_nll(tmp_path: Path, c
     assert by[("ce", "0.03")]["evidence"] == "no difference: identical with 3 seeds"
     assert float(by[("ce", "0.03")]["delta_test_acc"]) == 0.0
     assert by[("ce", "1e-06")]["evidence"] == "worse"
+
+
+def test_sweep_summary_cache_rereads_only_changed_runs_and_plots_when_asked(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    import cnnlab.runs.sweeps as sweeps
+
+    reads: list[str] = []
+    original = sweeps.read_run
+    monkeypatch.setattr(sweeps, "read_run", lambda folder: reads.append(Path(folder).name) or original(folder))
+    fake_run(tmp_path / "0", CHOICES, ["seed=0"], {**CONFIG, "seed": 0}, [0.5])
+    fake_run(tmp_path / "1", CHOICES, ["seed=1"], {**CONFIG, "seed": 1}, [], status=None)
+    cache = sweeps.RunCache()
+    sweeps.write_sweep_summary(tmp_path, cache=cache, plot=False)  # no PNG yet: drawn anyway
+    png = (tmp_path / "sweep_curves.png").stat().st_mtime_ns
+    assert sorted(reads) == ["0", "1"]
+    fake_run(tmp_path / "2", CHOICES, ["seed=2"], {**CONFIG, "seed": 2}, [0.7])
+    cache.add(tmp_path / "2")
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    (tmp_path / "1" / "summary.json").write_text(json.dumps({**summary, "status": "completed"}))
+    comparison = sweeps.write_sweep_summary(tmp_path, cache=cache, plot=False)
+    assert sorted(reads) == ["0", "1", "1", "2"]  # run 0 unchanged: not read again
+    assert (tmp_path / "sweep_curves.png").stat().st_mtime_ns == png
+    assert comparison is not None and len(comparison.runs) == 3
+    rows = read_csv((tmp_path / "sweep_summary.csv").read_text())
+    assert rows[0]["seeds"] == "3" and rows[0]["runs"] == "0 1 2"
+    sweeps.write_sweep_summary(tmp_path, cache=cache, plot=True)
+    assert (tmp_path / "sweep_curves.png").stat().st_mtime_ns != png

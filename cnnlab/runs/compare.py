@@ -297,17 +297,21 @@ def compare(runs: Sequence[Run], per_run: bool = False, baseline: str | None = N
     return comparison
 
 
-def load(paths: Sequence[Path], errors: dict[Path, str] | None = None) -> list[Run]:
-    """Every run folder in or under `paths`; `errors` gives the reason for runs that left no summary.json."""
+def load(paths: Sequence[Path], errors: dict[Path, str] | None = None,
+         read: Callable[[Path], Run] = read_run, folders: Sequence[Path] | None = None) -> list[Run]:
+    """Every run folder in or under `paths` (or the run `folders` given, already found), each read by `read`;
+    `errors` gives the reason for runs that left no summary.json."""
     runs: list[Run] = []
-    for path in paths:
+    seen: set[Path] = set()
+    for path in paths if folders is None else []:
         path = Path(path)
         if not path.exists():
             raise ConfigError("compare", str(path), message=f"{path}: no such folder")
         found = find_runs(path)
         if not found:
             raise ConfigError("compare", str(path), message=f"{path}: no run folders here (none holds .hydra/)")
-        runs += [read_run(folder) for folder in found if all(folder != run.path for run in runs)]
+        runs += [read(folder) for folder in found if folder not in seen and not seen.add(folder)]
+    runs += [read(Path(folder)) for folder in folders or []]
     for run in runs:
         reason = (errors or {}).get(run.path.resolve())
         if reason and run.status != "completed":  # Hydra saw the job fail; its summary.json may say more
