@@ -355,3 +355,30 @@ def test_sweep_summary_cache_rereads_only_changed_runs_and_plots_when_asked(tmp_
     assert rows[0]["seeds"] == "3" and rows[0]["runs"] == "0 1 2"
     sweeps.write_sweep_summary(tmp_path, cache=cache, plot=True)
     assert (tmp_path / "sweep_curves.png").stat().st_mtime_ns != png
+
+
+def test_plot_params_draws_numeric_keys_only(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from cnnlab.runs.compare import compare, load
+    from cnnlab.runs.params_plot import numeric_keys
+
+    for seed in range(2):
+        for lr in (0.001, 0.1):
+            fake_run(tmp_path / "runs" / f"{lr}-{seed}", CHOICES, [f"optimizer.lr={lr}", f"seed={seed}"],
+                     {**CONFIG, "seed": seed, "optimizer": {"lr": lr}}, [0.5 + lr + seed / 100])
+    fake_run(tmp_path / "runs" / "nll", {**CHOICES, "loss": "nll"}, ["seed=0"], {**CONFIG, "seed": 0}, [0.4])
+    comparison = compare(load([tmp_path / "runs"]))
+    assert comparison.varied == ["loss", "optimizer.lr", "seed"] and numeric_keys(comparison) == ["optimizer.lr"]
+    out = tmp_path / "params.png"
+    assert main(["compare", str(tmp_path / "runs"), "--no-plot", "--plot-params", str(out)]) == 0
+    assert f"wrote parameters: {out}" in capsys.readouterr().out
+    assert out.read_bytes().startswith(b"\x89PNG")
+    from cnnlab.runs.sweeps import write_sweep_summary
+
+    write_sweep_summary(tmp_path / "runs")  # the sweep summary draws it beside sweep_curves.png
+    assert (tmp_path / "runs" / "sweep_params.png").read_bytes().startswith(b"\x89PNG")
+    only_loss = tmp_path / "losses"
+    for loss in ("ce", "nll"):
+        fake_run(only_loss / loss, {**CHOICES, "loss": loss}, [], CONFIG, [0.5])
+    assert main(["compare", str(only_loss), "--no-plot", "--plot-params", str(tmp_path / "none.png")]) == 0
+    assert "no parameters plot: the runs vary no numeric key" in capsys.readouterr().out
+    assert not (tmp_path / "none.png").exists()

@@ -23,12 +23,14 @@ from hydra.experimental.callback import Callback
 from cnnlab.errors import ConfigError, report
 from cnnlab.runs.compare import Comparison, compare, load, plot_overlay, print_table, to_csv, to_markdown
 from cnnlab.runs.layout import METRICS_FILE, SUMMARY_FILE, find_runs, is_run_dir
+from cnnlab.runs.params_plot import plot_params
 from cnnlab.runs.read import Run, read_run, read_summary
 from cnnlab.runs.write import atomic_write_text
 
 STORAGES = "sqlite:///PATH, or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 
-SWEEP_FILES = {"md": "sweep_summary.md", "csv": "sweep_summary.csv", "png": "sweep_curves.png"}
+SWEEP_FILES = {"md": "sweep_summary.md", "csv": "sweep_summary.csv", "png": "sweep_curves.png",
+               "params": "sweep_params.png"}
 
 
 def write_sweep_summary(sweep_dir: Path, errors: dict[Path, str] | None = None, cache: RunCache | None = None,
@@ -44,6 +46,7 @@ def write_sweep_summary(sweep_dir: Path, errors: dict[Path, str] | None = None, 
     comparison = compare(load([sweep_dir], errors, read=cache.read if cache else read_run, folders=folders))
     if plot or not (sweep_dir / SWEEP_FILES["png"]).is_file():
         plot_overlay(comparison, sweep_dir / SWEEP_FILES["png"])
+        plot_params(comparison, sweep_dir / SWEEP_FILES["params"])
     markdown = to_markdown(comparison) + f"\n![validation curves]({SWEEP_FILES['png']})\n"
     atomic_write_text(sweep_dir / SWEEP_FILES["md"], f"# Sweep summary: {sweep_dir}\n\n{markdown}")
     atomic_write_text(sweep_dir / SWEEP_FILES["csv"], to_csv(comparison))
