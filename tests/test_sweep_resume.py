@@ -98,7 +98,8 @@ def test_resume_refuses_a_changed_sweep_and_other_overrides(tmp_path: Path, caps
     assert err[-1].startswith("cnnlab: error: ") and "job 1 ran with seed=7" in err[-1]
 
 
-def test_failed_jobs_run_again_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_failed_jobs_run_again_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture):
     import cnnlab.cli.train
 
     original = cnnlab.cli.train.run
@@ -119,8 +120,11 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path, monkeypatch: pyte
     assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "failed"
     crash["on"] = False
     kept = files(sweep / "1")
-    assert main(["train", "-m", f"resume={sweep}"]) == 0
-    assert files(sweep / "1") == kept  # not asked: the failed job stays failed
+    capsys.readouterr()
+    assert main(["train", "-m", f"resume={sweep}"]) == 1  # not asked: the failed job stays failed, and says so
+    assert files(sweep / "1") == kept
+    assert f"1 of 2 runs failed (1); each one's summary.json says why (sweep folder {sweep}); to run them " \
+           f"again: cnnlab train -m resume={sweep} rerun_failed=true" in capsys.readouterr().err
     assert main(["train", "-m", f"resume={sweep}", "rerun_failed=true"]) == 0
     assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"
 

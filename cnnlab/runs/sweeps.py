@@ -25,6 +25,7 @@ from cnnlab.runs.compare import Comparison, compare, load, plot_overlay, print_t
 from cnnlab.runs.layout import METRICS_FILE, SUMMARY_FILE, find_runs, is_run_dir
 from cnnlab.runs.params_plot import plot_params
 from cnnlab.runs.read import Run, read_run, read_summary
+from cnnlab.runs.sweep_resume import resume_command
 from cnnlab.runs.write import atomic_write_text
 
 STORAGES = "sqlite:///PATH, or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
@@ -153,13 +154,16 @@ class SweepFailures(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        # A resumed sweep answers for all its jobs, kept ones too; a new one for the runs it wrote.
+        resumed = str(config.hydra.sweeper.get("_target_", "")).endswith("ResumableSweeper")
         runs = [path.parent for path in sorted(sweep_dir.rglob(SUMMARY_FILE))
-                if (path.parent / ".hydra").is_dir() and path.stat().st_mtime >= self.started - 1]
+                if (path.parent / ".hydra").is_dir() and (resumed or path.stat().st_mtime >= self.started - 1)]
         failed = [run for run in runs if read_summary(run).get("status") == "failed"]
         if failed:
             names = ", ".join(str(run.relative_to(sweep_dir)) for run in failed)
+            hint = "; to run them again: " + resume_command(sweep_dir) + " rerun_failed=true" if resumed else ""
             print(f"cnnlab: {len(failed)} of {len(runs)} runs failed ({names}); each one's summary.json says why "
-                  f"(sweep folder {sweep_dir})", file=sys.stderr)
+                  f"(sweep folder {sweep_dir}){hint}", file=sys.stderr)
             raise SystemExit(1)
 
 
