@@ -155,3 +155,38 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_during_job_2_then_resume_continues_it_exactly(tmp_path: Path):
+    """SIGKILL leaves no summary and no goodbye: job 2 continues from the last epoch-end last.ckpt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = [a for a in TINY if not a.startswith("trainer.max_epochs")] + ["trainer.max_epochs=30", "test=false"]
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "-m", "seed=0,1,2,3", *long,
+                                f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (sweep / "2" / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few epochs into job 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    summary = json.loads((sweep / "2" / "summary.json").read_text())
+    assert summary["status"] == "running" and not (sweep / "3").exists()
+    kept = {job: files(sweep / job) for job in ("0", "1")}
+    assert main(["train", "-m", f"resume={sweep}"]) == 0
+    assert all(files(sweep / job) == kept[job] for job in ("0", "1"))
+    resumed = json.loads((sweep / "2" / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["step"] > 0
+    assert json.loads((sweep / "3" / "summary.json").read_text())["status"] == "completed"
+    reference = tmp_path / "reference"
+    assert main(["train", "-m", "seed=2", *long, f"hydra.sweep.dir={reference}"]) == 0
+    expected, got = weights(reference / "0"), weights(sweep / "2")
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "job 2 did not resume exactly"
