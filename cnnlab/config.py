@@ -349,3 +349,36 @@ def check_target(key: str, target: Any, source: str, extra: set[str] | None = No
             f"{key}._target_={target!r} in {source} is not on cnnlab's allow-list (cnnlab's catalogue, "
             f"torch.nn/torch.optim/torchvision/timm classes, and the targets of the config folders you run with: "
             f"conf/ here, --config-dir, {CONFIG_PATH_ENV}): nothing was run; if you trust this file, add {TRUST_FLAG}"))
+
+
+def override_name(override: str) -> str:
+    """The key a Hydra override sets (`+a.b=1` -> `a.b`)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_saved_overrides(saved: list[str], source: Path | str) -> None:
+    """Saved overrides are data: no Hydra settings (callbacks, launchers), no target off the allow-list.
+
+    Used for a resumed run (RUN/.hydra/overrides.yaml) and a resumed sweep (SWEEP/multirun.yaml). The config they
+    compose is checked once more, resolved, as the run starts (cnnlab/cli/train.py run).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for override in saved:
+        if override_name(override).startswith("hydra"):
+            raise ConfigError(override_name(override), override, message=(
+                f"{source} sets Hydra's own settings ({override}), which a run folder never records: nothing was "
+                "run; if you trust this file, add --trust"))
+        if "_target_" not in override:
+            continue
+        try:
+            parsed = OverridesParser.create().parse_override(override)
+        except HydraException:
+            raise ConfigError("overrides", override, message=f"{source}: cannot parse {override!r}") from None
+        value = parsed.value()
+        key = parsed.key_or_group
+        if key == "_target_" or key.endswith("._target_"):
+            check_target(key.removesuffix("_target_").rstrip(".") or "(top)", value, str(source))
+        for where, target in find_targets(value, key):
+            check_target(where, target, str(source))

@@ -173,6 +173,14 @@ def _check_run(cfg: Any) -> None:
         _check(step is None or _is_int(step, 1), f"fault_injection.{key}", step, "null or a training step >= 1")
     _check(inject.get("signal", "SIGTERM") in ("SIGINT", "SIGTERM"), "fault_injection.signal", inject.get("signal"),
            "SIGINT or SIGTERM")
+    cv = cfg.get("cv") or {}
+    folds, fold = cv.get("folds"), cv.get("fold")
+    _check(folds is None or _is_int(folds, 2), "cv.folds", folds, "null or a whole number of folds, 2 or more")
+    if folds is not None:
+        _check(_is_int(fold, 0) and fold < folds, "cv.fold", fold, f"a fold number from 0 to {folds - 1} "
+                                                                   f"(cv.folds={folds})")
+    else:
+        _check(fold is None, "cv.fold", fold, "null unless cv.folds is set (cnnlab train cv.folds=K sets both)")
 
 
 # Trainer arguments cnnlab sets itself from other keys (a value in trainer.* would clash with them).

@@ -234,3 +234,151 @@ def test_diagnosis_column_shows_verdicts_and_debug_runs(tmp_path: Path):
     summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert verdicts["plain"] == summary["diagnosis"]["verdict"]
     assert verdicts["fdr"].endswith("[debug=fdr]")
+
+
+# ------------------------------------------------------------------ evidence: differences from a baseline row
+def test_grouped_rows_carry_their_difference_ci_p_value_and_words(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from scipy import stats
+
+    better, base = [0.80, 0.82, 0.79], [0.75, 0.78, 0.76]
+    for seed in range(3):
+        config = {**CONFIG, "seed": seed}
+        fake_run(tmp_path / f"ce{seed}", CHOICES, [f"seed={seed}"], config, [better[seed]], test_acc=better[seed])
+        fake_run(tmp_path / f"nll{seed}", {**CHOICES, "loss": "nll"}, [f"seed={seed}"], config, [base[seed]],
+                 test_acc=base[seed])
+        fake_run(tmp_path / f"kl{seed}", {**CHOICES, "loss": "kl"}, [f"seed={seed}"], config, [base[seed]],
+                 test_acc=base[seed])
+    assert main(["compare", str(tmp_path), "--format", "csv", "--no-plot", "--baseline", "loss=nll"]) == 0
+    rows = {r["loss"]: r for r in read_csv(capsys.readouterr().out)}
+    reference = stats.ttest_rel(better, base)
+    ce = rows["ce"]
+    assert float(ce["delta_best_val_acc"]) == pytest.approx(0.04)
+    assert float(ce["delta_best_val_acc_ci_low"]) == pytest.approx(reference.confidence_interval().low)
+    assert float(ce["delta_best_val_acc_ci_high"]) == pytest.approx(reference.confidence_interval().high)
+    assert float(ce["delta_best_val_acc_p"]) == pytest.approx(reference.pvalue)
+    assert ce["delta_best_val_acc_test"] == "paired t" and ce["evidence"] == "better"
+    assert float(ce["delta_test_acc"]) == pytest.approx(0.04) and ce["delta_test_acc_test"] == "paired t"
+    assert rows["nll"]["evidence"] == "baseline" and rows["nll"]["delta_best_val_acc"] == ""
+    assert rows["kl"]["evidence"] == "no difference: identical with 3 seeds"
+    assert float(rows["kl"]["delta_best_val_acc_p"]) == 1.0
+    # the default baseline is the best row; the Markdown export carries the same columns
+    assert main(["compare", str(tmp_path), "--format", "md", "--no-plot"]) == 0
+    markdown = capsys.readouterr().out
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert "| Δ best val/acc [95% CI] | p best val/acc | Δ test acc [95% CI] | p test acc | evidence |" in table[0]
+    assert table[2].startswith("| ce | 3 |") and "| baseline | — | baseline | — | baseline |" in table[2]
+    assert "| -0.0400 [-0.0648, -0.0152] | 0.0202 (paired t) |" in table[3] and table[3].count("| worse |") == 1
+    assert "Δ: difference from the baseline row (loss=ce)" in markdown
+
+
+def test_unpaired_groups_get_welch_and_say_so(tmp_path: Path, capsys: pytest.CaptureFixture):
+    for seed, acc in ((0, 0.70), (1, 0.72), (2, 0.75), (3, 0.71)):
+        fake_run(tmp_path / f"ce{seed}", CHOICES, [f"seed={seed}"], {**CONFIG, "seed": seed}, [acc])
+    for seed, acc in ((7, 0.60), (8, 0.66), (9, 0.62)):
+        fake_run(tmp_path / f"nll{seed}", {**CHOICES, "loss": "nll"}, [f"seed={seed}"], {**CONFIG, "seed": seed},
+                 [acc])
+    assert main(["compare", str(tmp_path), "--format", "csv", "--no-plot"]) == 0
+    rows = {r["loss"]: r for r in read_csv(capsys.readouterr().out)}
+    assert rows["nll"]["delta_best_val_acc_test"] == "Welch (unpaired)"
+    assert rows["nll"]["evidence"] == "worse (unpaired)"
+    assert float(rows["nll"]["delta_best_val_acc_p"]) == pytest.approx(0.0149218, abs=1e-6)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--baseline", "loss=focal"], "--baseline loss=focal: matches no row; allowed: one of loss=ce; loss=nll"),
+    (["--baseline", "ce"], "--baseline ce: give KEY=VALUE pairs"),
+    (["--per-run", "--baseline", "loss=ce"], "--baseline loss=ce: needs rows of repeated runs"),
+])
+def test_bad_baseline_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                             expected: str):
+    for seed in range(2):
+        for loss in ("ce", "nll"):
+            fake_run(tmp_path / f"{loss}{seed}", {**CHOICES, "loss": loss}, [f"seed={seed}"],
+                     {**CONFIG, "seed": seed}, [0.5 + seed / 10])
+    assert main(["compare", str(tmp_path), "--no-plot", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and expected in err[0]
+
+
+TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=300",
+        "dataset.source.num_test=60", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=2", "progress_bar=none"]
+
+
+@pytest.mark.slow
+def test_real_sweeps_better_is_marked_better_and_ce_equals_nll(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """ce and nll are the same function (fair runs: identical numbers); lr=1e-6 barely moves from chance."""
+    assert main(["train", "-m", "loss=ce,nll", "seed=0,1,2", "optimizer.lr=0.03", *TINY,
+                 f"hydra.sweep.dir={tmp_path / 'losses'}"]) == 0
+    assert main(["train", "-m", "seed=0,1,2", "optimizer.lr=0.000001", *TINY,
+                 f"hydra.sweep.dir={tmp_path / 'still'}"]) == 0
+    capsys.readouterr()
+    summary = {r["loss"]: r for r in read_csv((tmp_path / "losses" / "sweep_summary.csv").read_text())}
+    assert {r["evidence"] for r in summary.values()} == {"baseline", "no difference: identical with 3 seeds"}
+    folders = [str(tmp_path / "losses"), str(tmp_path / "still")]
+    assert main(["compare", *folders, "--format", "csv", "--no-plot", "--baseline", "optimizer.lr=1e-06"]) == 0
+    rows = read_csv(capsys.readouterr().out)
+    by = {(r["loss"], r["optimizer.lr"]): r for r in rows}
+    for loss in ("ce", "nll"):
+        row = by[(loss, "0.03")]
+        assert row["evidence"] == "better" and row["delta_best_val_acc_test"] == "paired t"
+        assert float(row["delta_best_val_acc_ci_low"]) > 0 and float(row["delta_best_val_acc_p"]) < 0.05
+    assert by[("ce", "1e-06")]["evidence"] == "baseline"
+    assert main(["compare", *folders, "--format", "csv", "--no-plot", "--baseline", "loss=nll optimizer.lr=0.03"]) == 0
+    by = {(r["loss"], r["optimizer.lr"]): r for r in read_csv(capsys.readouterr().out)}
+    assert by[("ce", "0.03")]["evidence"] == "no difference: identical with 3 seeds"
+    assert float(by[("ce", "0.03")]["delta_test_acc"]) == 0.0
+    assert by[("ce", "1e-06")]["evidence"] == "worse"
+
+
+def test_sweep_summary_cache_rereads_only_changed_runs_and_plots_when_asked(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    import cnnlab.runs.sweeps as sweeps
+
+    reads: list[str] = []
+    original = sweeps.read_run
+    monkeypatch.setattr(sweeps, "read_run", lambda folder: reads.append(Path(folder).name) or original(folder))
+    fake_run(tmp_path / "0", CHOICES, ["seed=0"], {**CONFIG, "seed": 0}, [0.5])
+    fake_run(tmp_path / "1", CHOICES, ["seed=1"], {**CONFIG, "seed": 1}, [], status=None)
+    cache = sweeps.RunCache()
+    sweeps.write_sweep_summary(tmp_path, cache=cache, plot=False)  # no PNG yet: drawn anyway
+    png = (tmp_path / "sweep_curves.png").stat().st_mtime_ns
+    assert sorted(reads) == ["0", "1"]
+    fake_run(tmp_path / "2", CHOICES, ["seed=2"], {**CONFIG, "seed": 2}, [0.7])
+    cache.add(tmp_path / "2")
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    (tmp_path / "1" / "summary.json").write_text(json.dumps({**summary, "status": "completed"}))
+    comparison = sweeps.write_sweep_summary(tmp_path, cache=cache, plot=False)
+    assert sorted(reads) == ["0", "1", "1", "2"]  # run 0 unchanged: not read again
+    assert (tmp_path / "sweep_curves.png").stat().st_mtime_ns == png
+    assert comparison is not None and len(comparison.runs) == 3
+    rows = read_csv((tmp_path / "sweep_summary.csv").read_text())
+    assert rows[0]["seeds"] == "3" and rows[0]["runs"] == "0 1 2"
+    sweeps.write_sweep_summary(tmp_path, cache=cache, plot=True)
+    assert (tmp_path / "sweep_curves.png").stat().st_mtime_ns != png
+
+
+def test_plot_params_draws_numeric_keys_only(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from cnnlab.runs.compare import compare, load
+    from cnnlab.runs.params_plot import numeric_keys
+
+    for seed in range(2):
+        for lr in (0.001, 0.1):
+            fake_run(tmp_path / "runs" / f"{lr}-{seed}", CHOICES, [f"optimizer.lr={lr}", f"seed={seed}"],
+                     {**CONFIG, "seed": seed, "optimizer": {"lr": lr}}, [0.5 + lr + seed / 100])
+    fake_run(tmp_path / "runs" / "nll", {**CHOICES, "loss": "nll"}, ["seed=0"], {**CONFIG, "seed": 0}, [0.4])
+    comparison = compare(load([tmp_path / "runs"]))
+    assert comparison.varied == ["loss", "optimizer.lr", "seed"] and numeric_keys(comparison) == ["optimizer.lr"]
+    out = tmp_path / "params.png"
+    assert main(["compare", str(tmp_path / "runs"), "--no-plot", "--plot-params", str(out)]) == 0
+    assert f"wrote parameters: {out}" in capsys.readouterr().out
+    assert out.read_bytes().startswith(b"\x89PNG")
+    from cnnlab.runs.sweeps import write_sweep_summary
+
+    write_sweep_summary(tmp_path / "runs")  # the sweep summary draws it beside sweep_curves.png
+    assert (tmp_path / "runs" / "sweep_params.png").read_bytes().startswith(b"\x89PNG")
+    only_loss = tmp_path / "losses"
+    for loss in ("ce", "nll"):
+        fake_run(only_loss / loss, {**CHOICES, "loss": loss}, [], CONFIG, [0.5])
+    assert main(["compare", str(only_loss), "--no-plot", "--plot-params", str(tmp_path / "none.png")]) == 0
+    assert "no parameters plot: the runs vary no numeric key" in capsys.readouterr().out
+    assert not (tmp_path / "none.png").exists()

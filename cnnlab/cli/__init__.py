@@ -17,6 +17,8 @@ commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
   train -m [sweeps]        sweep with Hydra multirun, e.g. cnnlab train -m loss=ce,nll
   train resume=RUN_DIR     continue an interrupted run in its folder (or ckpt_path=FILE)
+  train -m resume=SWEEP_DIR  continue an interrupted sweep: done jobs kept, the interrupted one resumed
+  train cv.folds=K         k-fold cross-validation: K runs, each validating on one stratified fold
   eval RUN_OR_CKPT [k=v]   test metrics of a trained run (split=val for validation; data_dir=... etc.)
   predict RUN_OR_CKPT IMAGE_OR_DIR... [--top-k K] [--format table|json|csv]
                            class names and probabilities for image files

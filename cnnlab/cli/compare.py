@@ -21,12 +21,18 @@ def parser() -> Parser:
                         help="the overlaid validation curves (default: comparison.png in the one folder given, "
                              "else in the current folder)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
-    parser.add_argument("--per-run", action="store_true", help="one row per run: do not group seeds")
+    parser.add_argument("--plot-params", type=Path, metavar="FILE",
+                        help="also plot the monitored metric against each numeric key the runs vary (a PNG)")
+    parser.add_argument("--per-run", action="store_true", help="one row per run: do not group seeds or folds")
+    parser.add_argument("--baseline", metavar="KEY=VALUE", action="append",
+                        help="the row the others are weighed against (difference, 95%% CI, p-value, evidence), "
+                             "e.g. --baseline loss=ce; repeat for several keys (default: the best row)")
     return parser
 
 
 def main(args: list[str]) -> int:
-    """`cnnlab compare RUN_OR_SWEEP_DIR... [--format md|csv] [--output FILE] [--plot FILE] [--per-run]`."""
+    """`cnnlab compare RUN_OR_SWEEP_DIR... [--format md|csv] [--output FILE] [--plot FILE] [--per-run]
+    [--baseline KEY=VALUE]`."""
     options = parser().parse_args(args)
     targets = []
     for output in options.output:
@@ -36,7 +42,8 @@ def main(args: list[str]) -> int:
             raise ConfigError("--output", str(output),
                               message=f"--output {output}: name it .md or .csv, or give --format md|csv")
         targets.append((output, kind))
-    comparison = compare(load(options.paths), per_run=options.per_run)
+    baseline = " ".join(options.baseline) if options.baseline else None
+    comparison = compare(load(options.paths), per_run=options.per_run, baseline=baseline)
     if options.format == "table":
         print_table(comparison)
     else:
@@ -52,6 +59,14 @@ def main(args: list[str]) -> int:
         plot.parent.mkdir(parents=True, exist_ok=True)
         plot_overlay(comparison, plot)
         notes.append(f"curves: {plot}")
+    if options.plot_params:
+        from cnnlab.runs.params_plot import plot_params
+
+        options.plot_params.parent.mkdir(parents=True, exist_ok=True)
+        if plot_params(comparison, options.plot_params):
+            notes.append(f"parameters: {options.plot_params}")
+        else:
+            notes.append("no parameters plot: the runs vary no numeric key")
     if notes:  # on stderr when stdout carries the Markdown or CSV
         print("wrote " + ", ".join(notes), file=sys.stdout if options.format == "table" else sys.stderr)
     return 0

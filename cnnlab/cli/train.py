@@ -30,7 +30,7 @@ from cnnlab.config import (
     split_config_dirs,
     user_config_dirs,
 )
-from cnnlab.errors import file_write_error_in, report, user_message
+from cnnlab.errors import ConfigError, file_write_error_in, report, user_message
 from cnnlab.validate import validate
 
 # Set by `--trust` for this process and its DDP ranks: a continued run's saved config may name any target.
@@ -39,6 +39,7 @@ TRUST_ENV = "CNNLAB_TRUST"
 TRAIN_HELP = """usage: cnnlab train [group=option ...] [key=value ...] [+key=value ...]
        cnnlab train -m group=a,b key=1,2 ...     (Hydra multirun: one run per combination)
        cnnlab train resume=RUN_DIR [--trust]     (continue a run; --trust: its saved config may name any target)
+       cnnlab train [-m ...] cv.folds=K          (k-fold cross-validation: K runs, one per validation fold)
 
 Composes conf/train.yaml with one option per config group and your overrides (Hydra's override grammar),
 trains, tests, and writes a run folder under outputs/. Your own options: conf/GROUP/NAME.yaml in the working
@@ -107,12 +108,17 @@ def hydra_run(args: list[str], config_dirs: Sequence[str | Path] = ()) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors come to us whole; we print one line for user errors
     user_config_dirs(config_dirs)  # each must exist
     given_config_dirs(config_dirs)  # the user's own: searched by child processes too, their targets trusted
-    if any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
+    if _resumes_a_sweep(args):
+        from cnnlab.runs.sweep_resume import resume_args
+
+        args = resume_args(args)  # resume=SWEEP_DIR -> the sweep's overrides, its folder, the resumable sweeper
+    elif any(a.split("=", 1)[0].lstrip("+~") in ("resume", "ckpt_path") for a in args):
         from cnnlab.train.resume import hydra_args, recorded_config_dirs  # imports torch: only to continue a run
 
         config_dirs = [*config_dirs, *recorded_config_dirs(args)]
         # resume=RUN_DIR / ckpt_path=FILE -> the overrides that continue that run
         args = hydra_args(args, trust=os.environ.get(TRUST_ENV) == "1")
+    args = cross_validation_args(args)
     searched = user_config_dirs(config_dirs)
     project_importable()  # `_target_: my_models.MyNet` from the working folder, as with `python -m`
     sys.argv = [_completion() if any(a in ("-sc", "--shell-completion") for a in args) else "cnnlab train", *args]
@@ -135,6 +141,33 @@ def _completion() -> str:
         if os.environ.get("COMP_POINT", "").isdigit():
             os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("train ")))
     return "cnnlab"  # the program name the installed script completes
+
+
+def _resumes_a_sweep(args: list[str]) -> bool:
+    """`resume=SWEEP_DIR`: a folder with Hydra's multirun.yaml that is not itself a run folder."""
+    from cnnlab.runs.layout import is_run_dir
+    from cnnlab.runs.sweep_resume import is_sweep_dir
+
+    values = [Path(a.split("=", 1)[1]).expanduser() for a in args if "=" in a and a.split("=", 1)[0] == "resume"]
+    return len(values) == 1 and is_sweep_dir(values[0]) and not is_run_dir(values[0])
+
+
+def cross_validation_args(args: list[str]) -> list[str]:
+    """`cv.folds=K` -> a multirun over `cv.fold=0,...,K-1` (each job validates on its fold); unchanged when no
+    cv.folds is given or a cv.fold is (one fold of a cross-validation, or a resumed fold)."""
+    found = [a.split("=", 1)[1] for a in args if "=" in a and a.split("=", 1)[0].lstrip("+~") == "cv.folds"]
+    if not found or any(a.split("=", 1)[0].lstrip("+~") == "cv.fold" for a in args if "=" in a):
+        return args
+    value = found[-1].strip()
+    if value.lower() == "null":
+        return args
+    if not value.isdigit() or int(value) < 2:
+        raise ConfigError("cv.folds", value, message=(
+            f"cv.folds={value} is not allowed: one whole number of folds, 2 or more (e.g. cv.folds=5); "
+            "to sweep other keys across the folds, add them with -m"))
+    folds = int(value)
+    multirun = [] if any(a in ("-m", "--multirun") for a in args) else ["-m"]
+    return [*multirun, *args, "cv.fold=" + ",".join(str(fold) for fold in range(folds))]
 
 
 def _choices() -> dict[str, str]:
@@ -252,6 +285,8 @@ def run(cfg: DictConfig) -> float | None:
         # The user's config folders this run was composed from: `resume=` searches them again by itself.
         "config_dirs": config_folders_of(HydraConfig.get().runtime.config_sources), "workdir": str(Path.cwd()),
     }
+    if cfg.get("cv") and cfg.cv.get("folds"):
+        summary["cv"] = {"folds": cfg.cv.folds, "fold": cfg.cv.fold}
     if resumed is not None:
         summary["resumed_from"] = {"checkpoint": _in_run(cfg.ckpt_path, run_dir), "step": resumed["global_step"]}
     if trainer.is_global_zero:

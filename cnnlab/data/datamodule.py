@@ -53,6 +53,22 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
 
 
+def stratified_folds(labels: Tensor, folds: int, seed: int) -> list[Tensor]:
+    """`folds` disjoint index sets covering every sample once, each class spread evenly over them (fold sizes and
+    each class's share differ by at most one), chosen by a seeded permutation: k-fold cross-validation's folds.
+
+    Each class's members are shuffled and dealt out in turn, continuing where the previous class stopped, so
+    the folds stay within one sample of each other in size.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if labels.ndim == 2:  # multi-label rows have no single class to stratify by: a seeded random deal
+        order = torch.randperm(len(labels), generator=generator)
+    else:
+        order = torch.cat([members[torch.randperm(len(members), generator=generator)]
+                           for members in (torch.nonzero(labels == cls).flatten() for cls in torch.unique(labels))])
+    return [torch.sort(order[fold::folds]).values for fold in range(folds)]
+
+
 def epoch_order(count: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
     """The sample order of one epoch: the same for the same seed and epoch, whatever else differs."""
     if not shuffle:
@@ -162,8 +178,10 @@ class ImageDataModule(pl.LightningDataModule):
                  class_names: Sequence[str] | None, mean: Sequence[float] | None, std: Sequence[float] | None,
                  batch_size: int, val_fraction: float, test_fraction: float | None = None,
                  data_seed: int = 0, shuffle: bool = True, augmentation: Augmentation | None = None,
-                 num_workers: int = 0, stats_samples: int = 2000, data_on_device: bool | str = "auto"):
+                 num_workers: int = 0, stats_samples: int = 2000, data_on_device: bool | str = "auto",
+                 cv_folds: int | None = None, cv_fold: int | None = None):
         super().__init__()
+        self.cv_folds, self.cv_fold = cv_folds, cv_fold  # k-fold CV: validate on fold cv_fold of cv_folds
         self.source = source
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -176,6 +194,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._normalized: dict[str, tuple[Tensor, Tensor]] = {}  # splits normalised up front (CPU runs)
         self.augmentation = augmentation or Augmentation([], seed=0)
         self.splits: dict[str, tuple[Tensor | ImageFiles, Tensor]] = {}
+        # positions in the training set (after any test hold-out) of the train and val splits
+        self.split_indices: dict[str, Tensor] = {}
         self.mean = self.std = None
 
     # ------------------------------------------------------------ loading and splitting
@@ -195,17 +215,33 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             test_x, test_y = self._fit(arrays.test_images), arrays.test_labels
         self._check_labels(torch.cat([train_y, test_y]))
-        keep, held = stratified_split(train_y, self.val_fraction, self.data_seed)
+        keep, held = self._validation_split(train_y)
         if len(held) == 0 or len(keep) == 0:
             raise ConfigError("val_fraction", self.val_fraction, message=(
                 f"val_fraction={self.val_fraction} leaves an empty split of {len(train_y)} training images "
                 f"in {self.num_classes} classes: raise or lower it"))
+        self.split_indices = {"train": keep, "val": held}
         self.splits = {
             "train": (train_x[keep], train_y[keep]),
             "val": (train_x[held], train_y[held]),
             "test": (test_x, test_y),
         }
         self._set_statistics(self.splits["train"][0])
+
+    def _validation_split(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(train, val) indices of the training set: fold cv_fold under k-fold CV, else a val_fraction split."""
+        if not self.cv_folds:
+            return stratified_split(labels, self.val_fraction, self.data_seed)
+        if self.cv_fold is None or not 0 <= self.cv_fold < self.cv_folds:
+            raise ConfigError("cv.fold", self.cv_fold, f"a fold number from 0 to {self.cv_folds - 1} "
+                                                       f"(cv.folds={self.cv_folds})")
+        if self.cv_folds > len(labels):
+            raise ConfigError("cv.folds", self.cv_folds, message=(
+                f"cv.folds={self.cv_folds} is more folds than the {len(labels)} training images: lower it"))
+        held = stratified_folds(labels, self.cv_folds, self.data_seed)[self.cv_fold]
+        mask = torch.ones(len(labels), dtype=torch.bool)
+        mask[held] = False
+        return torch.nonzero(mask).flatten(), held
 
     def _check_labels(self, labels: Tensor) -> None:
         lowest, highest = int(labels.min()), int(labels.max())

@@ -1,7 +1,10 @@
 """`cnnlab compare` and the sweep summary: runs side by side, seed statistics, overlaid curves, exports.
 
 Only the choices that differ between the runs become columns (config groups and overridden keys). Runs that
-differ only by a seed (`seed`, `seeds.*`) are grouped into one row showing mean +- sample standard deviation.
+differ only by a seed (`seed`, `seeds.*`) or a cross-validation fold (`cv.fold`) are grouped into one row showing
+mean +- sample standard deviation. Grouped rows carry their evidence against a baseline row (the best one unless
+chosen): the difference of the monitored metric and of test accuracy with a 95% CI, a test and its p-value, and a
+verdict in words (cnnlab/runs/stats.py).
 No torch import: everything comes from the run folders, read by cnnlab.runs.read.read_run.
 The sweep summary written at the end of every multirun uses the same functions (cnnlab/runs/sweeps.py);
 the command line is cnnlab/cli/compare.py.
@@ -25,8 +28,11 @@ from cnnlab.config import GROUPS
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import find_runs
 from cnnlab.runs.read import Run, best_epoch, override_key, read_run
+from cnnlab.runs.stats import Difference, difference, words
 
 SEED_KEYS = ("seed", "seeds.init", "seeds.data", "seeds.augment")
+FOLD_KEYS = ("cv.fold",)
+GROUP_KEYS = SEED_KEYS + FOLD_KEYS  # runs that differ only in these are repeats of one configuration
 TEST_ORDER = ("acc", "loss", "f1", "precision", "recall", "auroc", "acc_top5")
 MISSING = "—"
 
@@ -126,6 +132,8 @@ class Row:
     settings: dict[str, str]
     runs: list[Run]
     names: list[str] = field(default_factory=list)
+    differences: dict[str, Difference] = field(default_factory=dict)  # column key -> against the baseline row
+    evidence: str = ""  # the verdict in words against the baseline row ("baseline" for that row)
 
     @property
     def completed(self) -> list[Run]:
@@ -138,6 +146,15 @@ class Row:
     def values(self, column: Column) -> list[float]:
         found = (column.get(run) for run in self.completed)
         return [float(v) for v in found if v is not None and math.isfinite(float(v))]
+
+    def keyed(self, column: Column, keys: Sequence[str]) -> dict[tuple, float]:
+        """The column's value of each completed run, keyed by the run's values of `keys` (its seeds/fold)."""
+        found = {}
+        for run in self.completed:
+            value = column.get(run)
+            if value is not None and math.isfinite(float(value)):
+                found[tuple(_format_value(run.value(k)) for k in keys)] = float(value)
+        return found
 
     def stats(self, column: Column) -> tuple[float | None, float | None]:
         """(mean, sample standard deviation) over completed runs; std is None below two values."""
@@ -170,6 +187,15 @@ class Comparison:
     grouped: bool
     rows: list[Row]
     columns: list[Column]
+    baseline: Row | None = None
+    unit: str = "seeds"  # what a group repeats over: seeds, folds, or repeats (seeds and folds)
+
+    @property
+    def tested(self) -> list[Column]:
+        """The columns compared against the baseline: the monitored metric and test accuracy."""
+        if self.baseline is None:
+            return []
+        return [c for c in self.columns if c is self.columns[0] or c.key == "test_acc"]
 
     @property
     def failures(self) -> list[tuple[str, Row, Run]]:
@@ -203,12 +229,46 @@ def _monitor(runs: Sequence[Run]) -> tuple[str, str]:
     return seen.most_common(1)[0][0] if seen else ("val/acc", "max")
 
 
-def compare(runs: Sequence[Run], per_run: bool = False) -> Comparison:
-    """Group runs that differ only by seed (unless per_run), one row each, best monitored value first."""
+def _pick_baseline(rows: Sequence[Row], baseline: str | None) -> Row | None:
+    """The row `baseline` names (`key=value ...`, every pair must match), else the best row with values."""
+    if baseline is None:
+        return next((row for row in rows if row.completed), None)
+    wanted = [part.split("=", 1) for part in baseline.split()]
+    if not wanted or any(len(pair) != 2 for pair in wanted):
+        raise ConfigError("--baseline", baseline, message=f"--baseline {baseline}: give KEY=VALUE pairs, e.g. "
+                          f"--baseline loss=ce; rows: {'; '.join(row.label() for row in rows)}")
+    found = [row for row in rows if all(row.settings.get(k) == v for k, v in wanted)]
+    if len(found) != 1:
+        problem = "matches no row" if not found else f"matches {len(found)} rows"
+        raise ConfigError("--baseline", baseline, message=f"--baseline {baseline}: {problem}; allowed: one of "
+                          f"{'; '.join(row.label() for row in rows)}")
+    return found[0]
+
+
+def _weigh(comparison: Comparison) -> None:
+    """Each grouped row's differences from the baseline row, paired on the seeds/fold both have."""
+    base = comparison.baseline
+    if base is None:
+        return
+    keys = [k for k in comparison.varied if k in GROUP_KEYS]
+    higher = comparison.mode == "max"
+    for row in comparison.rows:
+        if row is base:
+            row.evidence = "baseline"
+            continue
+        for column in comparison.tested:
+            row.differences[column.key] = difference(row.keyed(column, keys), base.keyed(column, keys))
+        main = row.differences.get(comparison.columns[0].key)
+        row.evidence = MISSING if main is None or math.isnan(main.delta) else words(main, higher, comparison.unit)
+
+
+def compare(runs: Sequence[Run], per_run: bool = False, baseline: str | None = None) -> Comparison:
+    """Group runs that differ only by seed or fold (unless per_run), one row each, best monitored value first;
+    grouped rows are weighed against `baseline` (`key=value ...`; default: the best row)."""
     runs = list(runs)
     differing, common = varied_keys(runs)
-    grouped = not per_run and any(k in SEED_KEYS for k in differing)
-    shown = [k for k in differing if not (grouped and k in SEED_KEYS)]
+    grouped = not per_run and any(k in GROUP_KEYS for k in differing)
+    shown = [k for k in differing if not (grouped and k in GROUP_KEYS)]
     names = _names(runs)
     rows: dict[tuple[str, ...], Row] = {}
     for name, run in zip(names, runs):
@@ -224,21 +284,34 @@ def compare(runs: Sequence[Run], per_run: bool = False) -> Comparison:
         mean = row.stats(columns[0])[0]
         return mean is None, (0.0 if mean is None else -mean if mode == "max" else mean)
 
-    return Comparison(runs, shown, differing, common, monitor, mode, grouped, sorted(rows.values(), key=order),
-                      columns)
+    seeds, folds = (any(k in group for k in differing) for group in (SEED_KEYS, FOLD_KEYS))
+    comparison = Comparison(runs, shown, differing, common, monitor, mode, grouped,
+                            sorted(rows.values(), key=order), columns,
+                            unit="repeats" if seeds and folds else "folds" if folds else "seeds")
+    if grouped and len(comparison.rows) > 1:
+        comparison.baseline = _pick_baseline(comparison.rows, baseline)
+        _weigh(comparison)
+    elif baseline is not None:
+        raise ConfigError("--baseline", baseline, message=f"--baseline {baseline}: needs rows of repeated runs "
+                          "(seeds or cv folds) and at least two of them; these runs are not grouped")
+    return comparison
 
 
-def load(paths: Sequence[Path], errors: dict[Path, str] | None = None) -> list[Run]:
-    """Every run folder in or under `paths`; `errors` gives the reason for runs that left no summary.json."""
+def load(paths: Sequence[Path], errors: dict[Path, str] | None = None,
+         read: Callable[[Path], Run] = read_run, folders: Sequence[Path] | None = None) -> list[Run]:
+    """Every run folder in or under `paths` (or the run `folders` given, already found), each read by `read`;
+    `errors` gives the reason for runs that left no summary.json."""
     runs: list[Run] = []
-    for path in paths:
+    seen: set[Path] = set()
+    for path in paths if folders is None else []:
         path = Path(path)
         if not path.exists():
             raise ConfigError("compare", str(path), message=f"{path}: no such folder")
         found = find_runs(path)
         if not found:
             raise ConfigError("compare", str(path), message=f"{path}: no run folders here (none holds .hydra/)")
-        runs += [read_run(folder) for folder in found if all(folder != run.path for run in runs)]
+        runs += [read(folder) for folder in found if folder not in seen and not seen.add(folder)]
+    runs += [read(Path(folder)) for folder in folders or []]
     for run in runs:
         reason = (errors or {}).get(run.path.resolve())
         if reason and run.status != "completed":  # Hydra saw the job fail; its summary.json may say more
@@ -247,11 +320,51 @@ def load(paths: Sequence[Path], errors: dict[Path, str] | None = None) -> list[R
 
 
 # ------------------------------------------------------------------ output: table, Markdown, CSV, PNG
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def difference_cell(difference: Difference | None, digits: int) -> str:
+    """`+0.0123 [-0.0040, +0.0290]`: the difference from the baseline and its 95% CI."""
+    if difference is None or math.isnan(difference.delta):
+        return MISSING
+    if difference.low == difference.high == difference.delta:
+        return _signed(difference.delta, digits)
+    low, high = _signed(difference.low, digits), _signed(difference.high, digits)
+    return f"{_signed(difference.delta, digits)} [{low}, {high}]"
+
+
+def p_cell(difference: Difference | None, with_test: bool = True) -> str:
+    """`0.031 (paired t)`: the p-value and the test that gave it."""
+    if difference is None or difference.p is None:
+        return MISSING
+    return f"{difference.p:.3g}" + (f" ({difference.test})" if with_test else "")
+
+
+def _evidence_heads(comparison: Comparison, brief: bool) -> list[str]:
+    heads = []
+    for column in comparison.tested[:1] if brief else comparison.tested:
+        heads += ["Δ [95% CI]" if brief else f"Δ {column.header} [95% CI]", "p" if brief else f"p {column.header}"]
+    return heads + (["evidence"] if comparison.tested else [])
+
+
+def _evidence_cells(comparison: Comparison, row: Row, brief: bool) -> list[str]:
+    cells = []
+    for column in comparison.tested[:1] if brief else comparison.tested:
+        if row is comparison.baseline:
+            cells += ["baseline", MISSING]
+            continue
+        found = row.differences.get(column.key)
+        cells += [difference_cell(found, column.digits), p_cell(found, with_test=not brief)]
+    return cells + ([row.evidence or MISSING] if comparison.tested else [])
+
+
 def _headers(comparison: Comparison, brief: bool = False) -> list[str]:
     heads = list(comparison.differing)
-    heads += ["seeds"] if comparison.grouped else []
+    heads += [comparison.unit] if comparison.grouped else []
     heads += [] if brief and comparison.grouped else ["runs" if comparison.grouped else "run"]
     heads += [column.header for column in comparison.shown(brief)]
+    heads += _evidence_heads(comparison, brief)
     heads.append("diagnosis")
     if comparison.failures:
         heads.append("failed" if comparison.grouped else "status")
@@ -263,6 +376,7 @@ def _cells(comparison: Comparison, row: Row, brief: bool = False) -> list[str]:
     cells += [str(len(row.completed))] if comparison.grouped else []
     cells += [] if brief and comparison.grouped else [", ".join(row.names)]
     cells += [comparison.cell(row, column) for column in comparison.shown(brief)]
+    cells += _evidence_cells(comparison, row, brief)
     cells.append(row.verdict())
     if comparison.failures:
         cells.append(str(len(row.failed)) if comparison.grouped else row.runs[0].status)
@@ -274,8 +388,17 @@ def _caption(comparison: Comparison) -> str:
     order = "highest" if comparison.mode == "max" else "lowest"
     text = f"{count} run{'s' * (count != 1)}, sorted by best {comparison.monitor} ({order} first)"
     if comparison.grouped:
-        text += "; runs that differ only by seed are grouped: mean ± sample std over the seeds"
+        what = {"seeds": "seed", "folds": "cross-validation fold", "repeats": "seed and fold"}[comparison.unit]
+        text += f"; runs that differ only by {what} are grouped: mean ± sample std over the {comparison.unit}"
     return text
+
+
+def _evidence_note(comparison: Comparison) -> str:
+    if comparison.baseline is None:
+        return ""
+    return (f"Δ: difference from the baseline row ({comparison.baseline.label()}) with its 95% confidence "
+            f"interval; p: paired t-test on runs with the same {comparison.unit} (Wilcoxon signed-rank from 6 "
+            "pairs), else Welch's unpaired t-test; evidence: p < 0.05 on the monitored metric")
 
 
 def _common_line(comparison: Comparison) -> str:
@@ -293,19 +416,21 @@ def _failure_lines(comparison: Comparison) -> list[str]:
 
 def print_table(comparison: Comparison) -> None:
     """The terminal table, then the runs that failed. Shorter than the exports: of the test metrics only
-    accuracy, loss and F1, and no list of run folders for seed groups."""
+    accuracy, loss and F1, the evidence on the monitored metric only, and no list of run folders for groups."""
     import sys
 
     from rich.console import Console
     from rich.table import Table
 
     # Piped output has no terminal width: rich's 80 columns would fold every number, so allow a wide line.
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(title=_caption(comparison), caption=f"same in all: {_common_line(comparison)}",
-                  title_justify="left", caption_justify="left")
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    caption = "\n".join(filter(None, [f"same in all: {_common_line(comparison)}", _evidence_note(comparison)]))
+    table = Table(title=_caption(comparison), caption=caption, title_justify="left", caption_justify="left")
     runs_column = -1 if comparison.grouped else len(comparison.differing)
     for index, head in enumerate(_headers(comparison, brief=True)):
-        if index < len(comparison.differing):
+        if head == "evidence":  # words may wrap
+            table.add_column(head, justify="left", min_width=12)
+        elif index < len(comparison.differing):
             table.add_column(head, style="bold", no_wrap=True)
         else:  # when the line is too long only the list of run folders folds, never a number or a choice
             table.add_column(head, justify="left" if index == runs_column else "right",
@@ -324,8 +449,9 @@ def to_markdown(comparison: Comparison) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     heads = _headers(comparison)
-    lines = [f"{_caption(comparison)}.", "", f"Same in all runs: `{_common_line(comparison)}`", "",
-             line(heads), "| " + " | ".join("---" for _ in heads) + " |"]
+    lines = [f"{_caption(comparison)}.", "", f"Same in all runs: `{_common_line(comparison)}`", ""]
+    lines += [f"{_evidence_note(comparison)}.", ""] if comparison.baseline is not None else []
+    lines += [line(heads), "| " + " | ".join("---" for _ in heads) + " |"]
     lines += [line(_cells(comparison, row)) for row in comparison.rows]
     failures = _failure_lines(comparison)
     if failures:
@@ -334,16 +460,20 @@ def to_markdown(comparison: Comparison) -> str:
 
 
 def _csv_number(value: float | None) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(int(value)) if value.is_integer() else repr(value)
 
 
 def to_csv(comparison: Comparison) -> str:
-    """One line per row; numbers in full precision, `<column>_std` beside each mean when seeds are grouped."""
-    heads = list(comparison.differing) + (["seeds"] if comparison.grouped else []) + ["runs"]
+    """One line per row; numbers in full precision, `<column>_std` beside each mean when runs are grouped, and
+    `delta_<column>` with `_ci_low`, `_ci_high`, `_p`, `_test` for the columns weighed against the baseline."""
+    heads = list(comparison.differing) + ([comparison.unit] if comparison.grouped else []) + ["runs"]
     for column in comparison.columns:
         heads += [column.key] + ([f"{column.key}_std"] if comparison.grouped and column.spread else [])
+    for column in comparison.tested:
+        heads += [f"delta_{column.key}{part}" for part in ("", "_ci_low", "_ci_high", "_p", "_test")]
+    heads += ["evidence"] if comparison.tested else []
     heads += ["diagnosis", "failed", "errors"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -357,6 +487,14 @@ def to_csv(comparison: Comparison) -> str:
             cells.append(_csv_number(mean))
             if comparison.grouped and column.spread:
                 cells.append(_csv_number(std))
+        for column in comparison.tested:
+            found = row.differences.get(column.key)
+            if found is None:
+                cells += ["", "", "", "", "baseline" if row is comparison.baseline else ""]
+            else:
+                cells += [_csv_number(found.delta), _csv_number(found.low), _csv_number(found.high),
+                          _csv_number(found.p), found.test]
+        cells += [row.evidence] if comparison.tested else []
         cells += [row.verdict(), len(row.failed), " | ".join(f"{run.status}: {run.error or ''}" for run in row.failed)]
         writer.writerow(cells)
     return buffer.getvalue()
@@ -387,7 +525,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
     colours = plt.get_cmap("tab10" if len(comparison.rows) <= 10 else "tab20")
     styles, markers = ("-", "--", ":", "-."), "osD^v<>"
     for index, row in enumerate(comparison.rows):
-        label = row.label() + (f" ({len(row.runs)} seeds)" if comparison.grouped else "")
+        label = row.label() + (f" ({len(row.runs)} {comparison.unit})" if comparison.grouped else "")
         look = {"color": colours(index % colours.N), "linestyle": styles[index % len(styles)],
                 "marker": markers[index % len(markers)], "markersize": 4}
         for ax, metric in zip(axes, ("val_loss", "val_acc")):
@@ -401,7 +539,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
                 ax.plot(*zip(*points), label=label, linewidth=2 if comparison.grouped else 1.5, **look)
     for ax, name in zip(axes, ("validation loss", "validation accuracy")):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name + (" (mean over seeds)" if comparison.grouped else ""))
+        ax.set_ylabel(name + (f" (mean over {comparison.unit})" if comparison.grouped else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()

@@ -15,8 +15,8 @@ from typing import Any
 from cnnlab.config import upgrade
 from cnnlab.runs.layout import HYDRA_DIR, METRICS_FILE, SUMMARY_FILE
 
-# Overridable keys that change how a run looks, not what it computes.
-NOT_CHOICES = ("progress_bar",)
+# Overridable keys that change how a run looks or where it continues from, not what it computes.
+NOT_CHOICES = ("progress_bar", "ckpt_path")  # ckpt_path: a resumed run continues exactly
 
 
 def _number(value: Any) -> float | None:

@@ -253,6 +253,8 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
         augmentation=build_augmentation(cfg.augmentation, seed=cfg.seeds.augment),
         num_workers=worker_count(cfg.get("num_workers")),
         data_on_device=cfg.get("data_on_device", "auto"),
+        cv_folds=OmegaConf.select(cfg, "cv.folds", default=None),
+        cv_fold=OmegaConf.select(cfg, "cv.fold", default=None),
     )
 
 

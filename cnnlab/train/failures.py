@@ -187,7 +187,12 @@ def ended(error: BaseException, run_dir: Path, base_summary: dict[str, Any]) -> 
                     f"{_checkpoint_step(error.checkpoint)})"
         else:
             saved = f"saved {shown(error.checkpoint)}"
-        print(f"cnnlab: {error}; {saved}; resume with: cnnlab train resume={shown(run_dir)}", file=sys.stderr)
+        command = f"cnnlab train resume={shown(run_dir)}"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the whole sweep: kept jobs, this one continued, the rest
+            from cnnlab.runs.sweep_resume import resume_command
+
+            command = f"{resume_command(Path(HydraConfig.get().sweep.dir))} (this run alone: {command})"
+        print(f"cnnlab: {error}; {saved}; resume with: {command}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
     if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: the CLI reports them
         raise error

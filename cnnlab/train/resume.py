@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
-from cnnlab.config import check_target, check_targets, config_folders_of, find_targets, upgrade
+from cnnlab.config import check_saved_overrides, check_targets, config_folders_of, upgrade
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_HYDRA, RUN_OVERRIDES, SUMMARY_FILE, is_run_dir
 from cnnlab.runs.read import read_metrics, read_summary
@@ -108,7 +108,7 @@ def hydra_args(args: list[str], trust: bool = False) -> list[str]:
     given = {_key(o) for o in overrides}
     saved = [o for o in _saved_overrides(run_dir) if _key(o) not in given and _key(o) not in ("ckpt_path", "resume")]
     if not trust:
-        _check_saved_overrides(saved, run_dir / RUN_OVERRIDES)
+        check_saved_overrides(saved, run_dir / RUN_OVERRIDES)
     return [*saved, *new, f"hydra.run.dir={_quote(str(run_dir))}", f"ckpt_path={_quote(str(checkpoint))}"]
 
 
@@ -136,33 +136,6 @@ def recorded_config_dirs(args: list[str]) -> list[str]:
                 f"{key}={value}: the run was composed with configs from {folder}, which no longer exists; put it "
                 "back to continue the run"))
     return folders
-
-
-def _check_saved_overrides(saved: list[str], source: Path) -> None:
-    """Saved overrides are data: no Hydra settings (callbacks, launchers), no target off the allow-list.
-
-    The config they compose is checked once more, resolved, as the run starts (cnnlab/cli/train.py run).
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    for override in saved:
-        if _key(override).startswith("hydra"):
-            raise ConfigError(_key(override), override, message=(
-                f"{source} sets Hydra's own settings ({override}), which a run folder never records: nothing was "
-                "run; if you trust this file, add --trust"))
-        if "_target_" not in override:
-            continue
-        try:
-            parsed = OverridesParser.create().parse_override(override)
-        except HydraException:
-            raise ConfigError("overrides", override, message=f"{source}: cannot parse {override!r}") from None
-        value = parsed.value()
-        key = parsed.key_or_group
-        if key == "_target_" or key.endswith("._target_"):
-            check_target(key.removesuffix("_target_").rstrip(".") or "(top)", value, str(source))
-        for where, target in find_targets(value, key):
-            check_target(where, target, str(source))
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
