@@ -213,3 +213,25 @@ def test_compare_instantiates_nothing(tiny_run, tmp_path, victim, capsys):
     folder = _crafted_folder(tiny_run, tmp_path, evil)
     assert main(["compare", str(folder), "--no-plot", "--format", "csv"]) == 0
     _untouched(victim)
+
+
+@pytest.mark.parametrize(("task", "hydra"), [
+    (["loss._target_=builtins.open"], []),
+    (["seed=1"], ["+hydra.callbacks.evil._target_=os.system"]),
+    (["seed=1"], ["hydra.job_logging.handlers.console.class=os.system"]),
+], ids=["task-target", "hydra-callback", "hydra-logging"])
+def test_a_crafted_sweep_folder_runs_nothing_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       task: list[str], hydra: list[str]):
+    """`cnnlab train -m resume=SWEEP_DIR` replays the sweep's saved overrides: they are data, allow-listed too."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    saved = {"hydra": {"overrides": {"task": task, "hydra": ["hydra.mode=MULTIRUN", *hydra]},
+                       "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
+    before = sorted(p.name for p in sweep.iterdir())
+    assert main(["train", "-m", f"resume={sweep}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and "nothing was run" in err[0]
+    assert sorted(p.name for p in sweep.iterdir()) == before

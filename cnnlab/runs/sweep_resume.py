@@ -44,8 +44,8 @@ def is_sweep_dir(path: Path) -> bool:
     return (Path(path) / SWEEP_CONFIG).is_file()
 
 
-# Hydra settings a resumed sweep takes back from its multirun.yaml: the launcher and its plain settings.
-SAFE_HYDRA_KEYS = ("hydra/launcher", "hydra.launcher.")
+# Hydra settings a resumed sweep takes back from its multirun.yaml: the launcher and its plain settings, the mode.
+SAFE_HYDRA_KEYS = ("hydra/launcher", "hydra.launcher.", "hydra.mode")
 TRUST_ENV = "CNNLAB_TRUST"  # set by `cnnlab train --trust` (cnnlab/cli/train.py)
 
 
