@@ -44,6 +44,7 @@ def validate(cfg: Any) -> None:
            "an integer >= 1, or -1 for no limit")
     _check(cfg.monitor_mode in ("min", "max", "auto"), "monitor_mode", cfg.monitor_mode, "one of min, max, auto")
     _check(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
+    _check_choices(cfg)
     _check_run(cfg)
     _check_trainer(cfg.trainer)
 
@@ -70,6 +71,36 @@ def _is_int(value: Any, low: int) -> bool:
 PRECISIONS = ("32-true", "32", 32, "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", 64, "16", 16,
               "bf16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+PROGRESS_BARS = ("rich", "tqdm", "none", "auto")
+# The metrics every run logs once per epoch (cnnlab/train/module.py), and the multi-label scores.
+MONITORS = ("val/acc", "val/loss", "train/acc", "train/loss", "val/f1", "val/map")
+SWITCHES = ("test", "shuffle", "channels_last", "early_stopping.enabled")
+
+
+def _check_choices(cfg: Any) -> None:
+    """The run-level settings with a fixed set of values: the progress bar, the switches, early stopping and the
+    fitting diagnosis."""
+    from omegaconf import OmegaConf
+
+    monitor = cfg.get("monitor", "val/acc")
+    _check(monitor in MONITORS, "monitor", monitor,
+           "one of " + ", ".join(MONITORS) + " (val/f1 and val/map on multi-label data)")
+    bar = cfg.get("progress_bar", "rich")
+    _check(bar in PROGRESS_BARS, "progress_bar", bar, "one of " + ", ".join(PROGRESS_BARS))
+    for key in SWITCHES:
+        value = OmegaConf.select(cfg, key, default=False)
+        _check(isinstance(value, bool), key, value, "true or false")
+    stopping = cfg.get("early_stopping") or {}
+    patience, min_delta = stopping.get("patience", 1), stopping.get("min_delta", 0.0)
+    _check(_is_int(patience, 1), "early_stopping.patience", patience, "an integer >= 1 (epochs)")
+    _check(_is_number(min_delta) and min_delta >= 0, "early_stopping.min_delta", min_delta, "a number >= 0")
+    diagnosis = cfg.get("diagnosis") or {}
+    underfit, overfit = diagnosis.get("underfit_acc", 0.7), diagnosis.get("overfit_epochs", 2)
+    _check(_is_number(underfit) and 0 <= underfit <= 1, "diagnosis.underfit_acc", underfit,
+           "a number between 0 and 1 (an accuracy)")
+    _check(_is_int(overfit, 1), "diagnosis.overfit_epochs", overfit, "an integer >= 1 (epochs)")
 
 
 def _check_run(cfg: Any) -> None:

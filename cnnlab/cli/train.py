@@ -266,5 +266,25 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     except BaseException as error:
         # Reported here, as one line, before Hydra would log the job's failure around it; in a sweep, a failed
         # run is recorded in its summary.json and the sweep goes on.
-        return ended(error, Path(HydraConfig.get().runtime.output_dir),
-                     {"status": "failed", "choices": _choices(), "overrides": _overrides()})
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if isinstance(error, Exception) and user_message(error) is not None:
+            _discard_unstarted(cfg, run_dir)
+        return ended(error, run_dir, {"status": "failed", "choices": _choices(), "overrides": _overrides()})
+
+
+def _discard_unstarted(cfg: DictConfig, run_dir: Path) -> None:
+    """A single run refused for a user error before it began (no summary.json): remove the folder Hydra made for
+    it, so `compare` does not list it as killed or still running. A resumed run's folder is never removed."""
+    import shutil
+
+    from hydra.types import RunMode
+
+    from cnnlab.runs.layout import SUMMARY_FILE
+
+    if HydraConfig.get().mode != RunMode.RUN or cfg.get("ckpt_path") or (run_dir / SUMMARY_FILE).exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()  # the day's folder, when this was its only run
+    except OSError:
+        pass
