@@ -442,7 +442,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
     colours = plt.get_cmap("tab10" if len(comparison.rows) <= 10 else "tab20")
     styles, markers = ("-", "--", ":", "-."), "osD^v<>"
     for index, row in enumerate(comparison.rows):
-        label = row.label() + (f" ({len(row.runs)} seeds)" if comparison.grouped else "")
+        label = textwrap.fill(row.label() + (f" ({len(row.runs)} seeds)" if comparison.grouped else ""), 60)
         look = {"color": colours(index % colours.N), "linestyle": styles[index % len(styles)],
                 "marker": markers[index % len(markers)], "markersize": 4}
         for ax, metric in zip(axes, ("val_loss", "val_acc")):
@@ -457,7 +457,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
     for ax, name in zip(axes, ("validation loss", "validation accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name + (" (mean over seeds)" if comparison.grouped else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
     columns = max(1, min(len(handles), 3))

@@ -26,12 +26,15 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(run_dir) / METRICS_FILE, "\n".join(lines) + "\n")
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train vs validation, side by side in one PNG."""
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure of plot_curves: integer epoch ticks, legends inside their axes, a long title wrapped."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
@@ -41,11 +44,21 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
                 ax.plot(*zip(*points), style, label=f"{'validation' if split == 'val' else 'train'}", markersize=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole: no 1.5
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 100), fontsize="medium")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs validation, side by side in one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rows, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
