@@ -81,6 +81,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+_SUMMARIES_SHOWN: set[tuple[str, tuple[str, ...]]] = set()  # (sweep or run folder, layers) printed already
+
+
 def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
     from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
@@ -92,7 +95,15 @@ def _print_model_summary(module: Any, cfg: DictConfig, run_dir: Path) -> int:
     if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
         return total
     table = render(rows, total, trainable, title=f"Model summary: {_choices().get('model', '')}")
-    Console().print(table)
+    # A sweep prints each model's table once (each run folder still gets its model_summary.txt).
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else str(run_dir)
+    shown = (sweep, tuple(str(row) for row in rows))
+    if shown not in _SUMMARIES_SHOWN:
+        _SUMMARIES_SHOWN.add(shown)
+        Console().print(table)
     with (run_dir / "model_summary.txt").open("w") as handle:
         Console(file=handle, width=120).print(table)
     return total
@@ -239,9 +250,12 @@ def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, An
 
 
 def _print_result(summary: dict[str, Any]) -> None:
+    import logging
+
     from rich.console import Console
 
     console = Console(soft_wrap=True)
+    log = logging.getLogger("cnnlab")  # train.log keeps what the console shows
     best, test = summary.get("best") or {}, summary.get("test") or {}
     parts = [f"epochs {summary['epochs']}", f"{summary['duration_s']:.1f}s"]
     if best:
@@ -250,11 +264,15 @@ def _print_result(summary: dict[str, Any]) -> None:
         parts.append(f"test acc {test['test/acc']:.4f}")
     if summary.get("debug"):
         parts.append(f"debug={summary['debug']}")
-    console.print("[bold]done:[/bold] " + ", ".join(parts))
+    lines = ["done: " + ", ".join(parts)]
     diagnosis = summary.get("diagnosis") or {}
     if diagnosis.get("message"):
-        console.print(f"[bold]diagnosis:[/bold] {diagnosis['message']}", highlight=False)
-    console.print(f"run folder: {HydraConfig.get().runtime.output_dir}")
+        lines.append(f"diagnosis: {diagnosis['message']}")
+    lines.append(f"run folder: {HydraConfig.get().runtime.output_dir}")
+    for line in lines:
+        head, _, rest = line.partition(": ")
+        console.print(f"[bold]{head}:[/bold] {rest}" if head in ("done", "diagnosis") else line, highlight=False)
+        log.info(line)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -268,6 +286,9 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         # run is recorded in its summary.json and the sweep goes on.
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if isinstance(error, Exception) and user_message(error) is not None:
+            import logging
+
+            logging.getLogger("cnnlab").info("error: %s", " ".join(str(user_message(error)).split()))
             _discard_unstarted(cfg, run_dir)
         return ended(error, run_dir, {"status": "failed", "choices": _choices(), "overrides": _overrides()})
 

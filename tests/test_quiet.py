@@ -1,0 +1,51 @@
+"""Quiet by default: a successful run prints only what cnnlab means to say; train.log keeps what the console shows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cnnlab.cli import main
+
+TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
+        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
+
+
+def test_design_card_run_is_quiet_and_its_log_keeps_the_console_lines(tmp_path: Path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "train", "model=lenet", "loss=nll", "scheduler=exp_decay",
+                           "dataset=synthetic", "dataset.source.num_train=96", "dataset.source.num_test=24",
+                           "trainer.max_epochs=2", f"hydra.run.dir={run}"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no library warnings, no Lightning INFO lines
+    assert "INFO" not in done.stdout and "GPU available" not in done.stdout
+    assert "Epoch 2/2" in done.stdout and "Epoch 1/1" not in done.stdout  # counted from 1, like metrics.csv
+    log = (run / "train.log").read_text()
+    console = [line for line in done.stdout.splitlines() if line.split(":")[0] in ("done", "diagnosis", "run folder")]
+    assert len(console) == 3
+    for line in console:
+        assert line in log
+    assert "epoch 1/2: train_loss " in log and "epoch 2/2: train_loss " in log
+
+
+def test_tqdm_bar_counts_epochs_from_one(tmp_path: Path, capsys):
+    assert main(["train", *TINY, "trainer.max_epochs=2", "progress_bar=tqdm", f"hydra.run.dir={tmp_path}/r"]) == 0
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "Epoch 2/2" in shown and "Epoch 0" not in shown
+
+
+def test_a_sweep_prints_the_layer_table_once(tmp_path: Path, capsys):
+    assert main(["train", "-m", *TINY, "seed=1,2,3", f"hydra.sweep.dir={tmp_path}/sweep"]) == 0
+    assert capsys.readouterr().out.count("Model summary: mlp") == 1
+    assert len(list((tmp_path / "sweep").glob("*/model_summary.txt"))) == 3
+
+
+def test_the_error_of_a_failed_sweep_job_is_in_its_train_log(tmp_path: Path, capsys):
+    assert main(["train", "-m", *TINY, "optimizer.lr=0.01,-1", f"hydra.sweep.dir={tmp_path}/sweep"]) != 0
+    log = (tmp_path / "sweep" / "1" / "train.log").read_text()
+    assert "error: optimizer.lr=-1 is not allowed: a positive number" in log
