@@ -107,3 +107,11 @@ def test_profiler_reports_are_the_files_its_description_names(tmp_path: Path, ca
     assert all(name in description for name in written)
     assert main(["train", "--help"]) == 0
     assert "fit-profile.txt and test-profile.txt" in capsys.readouterr().out
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture):
+    import tomllib
+
+    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"cnnlab {version}\n"
