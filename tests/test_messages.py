@@ -115,3 +115,19 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture):
     version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"cnnlab {version}\n"
+
+
+def test_a_copied_torchvision_yaml_is_described_by_its_new_architecture(tmp_path: Path):
+    from cnnlab.cli.listing import description
+    from cnnlab.config import CONF_DIR
+
+    assert description(CONF_DIR / "model" / "resnet18.yaml").startswith("ResNet-18 (torchvision): 11.2M params")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    copy = folder / "my_resnet.yaml"
+    original = (CONF_DIR / "model" / "resnet18.yaml").read_text()
+    copy.write_text(original.replace("arch: resnet18", "arch: resnet34"))
+    assert description(copy).startswith("ResNet-34 (torchvision): 21.3M params")
+    copy.write_text(original.replace("arch: resnet18", "arch: wide_resnet50_2"))
+    assert description(copy) == ("wide_resnet50_2 (torchvision, adapted to the dataset's channels, classes and "
+                                 "image size)")
