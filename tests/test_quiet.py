@@ -49,3 +49,12 @@ def test_the_error_of_a_failed_sweep_job_is_in_its_train_log(tmp_path: Path, cap
     assert main(["train", "-m", *TINY, "optimizer.lr=0.01,-1", f"hydra.sweep.dir={tmp_path}/sweep"]) != 0
     log = (tmp_path / "sweep" / "1" / "train.log").read_text()
     assert "error: optimizer.lr=-1 is not allowed: a positive number" in log
+
+
+def test_lr_find_prints_no_progress_bar_or_library_warning(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "lr-find", *TINY[:-2], "--steps", "10"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no "Finding best initial lr" bar, no max_epochs warning, no Lightning log line
+    assert done.stdout.startswith(("suggested learning rate: ", "lr-find: no suggestion"))
