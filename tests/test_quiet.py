@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cnnlab.cli import main
 
 TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
@@ -58,3 +60,16 @@ def test_lr_find_prints_no_progress_bar_or_library_warning(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no "Finding best initial lr" bar, no max_epochs warning, no Lightning log line
     assert done.stdout.startswith(("suggested learning rate: ", "lr-find: no suggestion"))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_print_no_library_advice(tmp_path: Path):
+    """Two CPU processes: no "Initializing distributed" lines, no sync_dist advice from rank 1 (its epoch metrics
+    are reduced over the ranks already); rank 0's notes are in train.log."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "train", *TINY, "trainer.accelerator=cpu",
+                           "trainer.devices=2", "trainer.strategy=ddp", "hydra.run.dir=run"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "Initializing distributed" in (tmp_path / "run" / "train.log").read_text()
