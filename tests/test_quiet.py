@@ -73,3 +73,11 @@ def test_ddp_ranks_print_no_library_advice(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "Initializing distributed" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_failed_run_keeps_its_error_in_train_log(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "optimizer=sgd", "optimizer.lr=1e30", f"hydra.run.dir={run}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnlab: error: non-finite training loss")
+    assert "error: " + err.removeprefix("cnnlab: error: ") in (run / "train.log").read_text()

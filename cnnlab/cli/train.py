@@ -286,9 +286,6 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         # run is recorded in its summary.json and the sweep goes on.
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if isinstance(error, Exception) and user_message(error) is not None:
-            import logging
-
-            logging.getLogger("cnnlab").info("error: %s", " ".join(str(user_message(error)).split()))
             _discard_unstarted(cfg, run_dir)
         return ended(error, run_dir, {"status": "failed", "choices": _choices(), "overrides": _overrides()})
 
