@@ -43,3 +43,31 @@ def test_legend_and_a_long_title_stay_inside_the_figure():
         assert [t.get_text() for t in legend.get_texts()] == ["train", "validation"]
         assert inside(fig, legend.get_window_extent(renderer))
     plt.close(fig)
+
+
+def test_class_names_a_font_lacks_draw_without_a_warning_per_glyph():
+    import io
+    import warnings
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cnnlab.runs.write import confusion_figure
+    from cnnlab.train.environment import quiet_libraries
+
+    def glyph_warnings() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            if not quiet:
+                warnings.simplefilter("always")
+            fig = confusion_figure(np.eye(3, dtype=int), ["お", "き", "す"])
+            fig.savefig(io.BytesIO(), format="png")
+            plt.close(fig)
+        return [str(w.message) for w in caught if "Glyph" in str(w.message)]
+
+    quiet = False
+    assert glyph_warnings()  # the premise: matplotlib's default font has no hiragana
+    quiet = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # no once-per-place registry hiding them: only quiet_libraries' filter
+        quiet_libraries()
+        assert glyph_warnings() == []
