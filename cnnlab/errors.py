@@ -5,6 +5,7 @@ The bottom of the package: imports nothing of cnnlab, so every layer may raise C
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 import sys
@@ -102,11 +103,66 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         text = str(error).split("Config search path")[0]
         text = re.sub(r"Set the environment variable HYDRA_FULL_ERROR.*", "", text)
-        key = re.search(r"Key '([^']+)' is not in struct", str(error.__cause__ or ""))
-        if "Could not override" in text and key:
-            name = key.group(1)
-            return f"unknown key '{name}': not in the config (add a new key with +{name}=VALUE)"
+        if "Could not override" in text:
+            unknown = _unknown_key(error.__cause__)
+            if unknown is not None:
+                return unknown
+        grammar = _grammar_error(error)
+        if grammar is not None:
+            return grammar
         if not text.strip() and error.__cause__ is not None:
             text = f"{type(error.__cause__).__name__}: {error.__cause__}"
         return text
     return None
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of a config as a dotted path (`optimizer.lr`), Hydra's own node left out."""
+    keys = []
+    for key, value in node.items():
+        if not prefix and key == "hydra":
+            continue
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, path + "."))
+    return keys
+
+
+def _unknown_key(cause: BaseException | None) -> str | None:
+    """`optimizer.lrr=...` on a struct config: the full key, the closest existing keys, `+key` only for a new one."""
+    full_key = getattr(cause, "full_key", None)
+    parent = getattr(cause, "parent_node", None)
+    if not full_key or parent is None:
+        return None
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.to_container(parent._get_root(), resolve=False, throw_on_missing=False)
+    known = _dotted_keys(root) if isinstance(root, dict) else []
+    parent_path, _, leaf = full_key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent_path}
+    close = [siblings[m] for m in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
+    if not close:  # `lr=...` meant `optimizer.lr=...`
+        close = [k for k in known if k.rpartition(".")[2] == leaf]
+    if not close:
+        leaves = difflib.get_close_matches(leaf, {k.rpartition(".")[2] for k in known}, n=3, cutoff=0.6)
+        close = [k for k in known if k.rpartition(".")[2] in leaves][:3]
+    message = f"unknown key '{full_key}': not in the config"
+    if close:
+        return message + "; did you mean " + " or ".join(f"'{k}'" for k in close) + "?"
+    return message + f" (to add a key of your own, write +{full_key}=VALUE)"
+
+
+def _grammar_error(error: BaseException) -> str | None:
+    """Hydra could not parse an override (a `~`, a space, a bracket): show the value quoted the way Hydra reads it."""
+    override = getattr(error, "override", None)
+    if type(error).__name__ != "OverrideParseException" or not override:
+        return None
+    key, sep, value = str(override).partition("=")
+    if not sep:
+        return f"cannot read the override {override!r}: write it as key=value (see cnnlab train --help)"
+    quote = "'" if '"' in value else '"'
+    shell = "\"" if quote == "'" else "'"
+    quoted = f"{shell}{key}={quote}{value}{quote}{shell}"
+    return (f"cannot read the override {override}: Hydra reads a value with ~, spaces, brackets or other special "
+            f"characters only inside quotes; write {quoted}")

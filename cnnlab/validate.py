@@ -52,6 +52,7 @@ def validate(cfg: Any) -> None:
         _check(_is_int(extras.get(key, 0), 0), f"tensorboard.{key}", extras.get(key), "an integer >= 0 (0: off)")
     _check(isinstance(extras.get("grad_norm", False), bool), "tensorboard.grad_norm", extras.get("grad_norm"),
            "true or false")
+    _check_choices(cfg)
     _check_run(cfg)
     _check_trainer(cfg.trainer)
     _check_monitor(cfg)
@@ -149,6 +150,31 @@ PRECISIONS = ("32-true", "32", 32, "16-mixed", "bf16-mixed", "16-true", "bf16-tr
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
+PROGRESS_BARS = ("rich", "tqdm", "none", "auto")
+SWITCHES = ("test", "shuffle", "channels_last", "early_stopping.enabled")
+
+
+def _check_choices(cfg: Any) -> None:
+    """The run-level settings with a fixed set of values: the progress bar, the switches, early stopping and the
+    fitting diagnosis."""
+    from omegaconf import OmegaConf
+
+    bar = cfg.get("progress_bar", "rich")
+    _check(bar in PROGRESS_BARS, "progress_bar", bar, "one of " + ", ".join(PROGRESS_BARS))
+    for key in SWITCHES:
+        value = OmegaConf.select(cfg, key, default=False)
+        _check(isinstance(value, bool), key, value, "true or false")
+    stopping = cfg.get("early_stopping") or {}
+    patience, min_delta = stopping.get("patience", 1), stopping.get("min_delta", 0.0)
+    _check(_is_int(patience, 1), "early_stopping.patience", patience, "an integer >= 1 (epochs)")
+    _check(_is_number(min_delta) and min_delta >= 0, "early_stopping.min_delta", min_delta, "a number >= 0")
+    diagnosis = cfg.get("diagnosis") or {}
+    underfit, overfit = diagnosis.get("underfit_acc", 0.7), diagnosis.get("overfit_epochs", 2)
+    _check(_is_number(underfit) and 0 <= underfit <= 1, "diagnosis.underfit_acc", underfit,
+           "a number between 0 and 1 (an accuracy)")
+    _check(_is_int(overfit, 1), "diagnosis.overfit_epochs", overfit, "an integer >= 1 (epochs)")
+
+
 def _check_run(cfg: Any) -> None:
     """Seeds, the data folder and the fault-injection keys."""
     for key, value in (cfg.get("seeds") or {}).items():
@@ -193,7 +219,10 @@ def _check_monitor(cfg: Any) -> None:
     """The monitored metric must be one the module logs (else it is found missing only after a whole epoch)."""
     from cnnlab.train.module import logged_names
 
-    names = logged_names(bool(cfg.dataset.get("multilabel", False)))
+    ema = bool((cfg.get("ema") or {}).get("enabled", False))
+    if str(cfg.monitor).startswith("val_ema/") and not ema:
+        return  # _check_ema says what to do
+    names = logged_names(bool(cfg.dataset.get("multilabel", False)), ema=ema)
     _check(cfg.monitor in names, "monitor", cfg.monitor, "a metric the run logs: " + ", ".join(names))
 
 

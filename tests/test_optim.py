@@ -261,7 +261,7 @@ def test_sgd_options_reach_torch():
     (["optimizer=adadelta", "optimizer.rho=2"], "optimizer.rho=2"),
     (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "Nesterov momentum requires a momentum"),
     # known only once the data is loaded: 16 optimizer steps in the run
-    (["scheduler.warmup_steps=16", "trainer.max_epochs=2"], "fewer than the run's 16 optimizer steps"),
+    (["scheduler.warmup_steps=16", "trainer.max_epochs=2"], "the whole run has only 16 optimizer steps"),
 ])
 def test_bad_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str],
                                  expected: str):
@@ -276,7 +276,7 @@ def test_schedule_length_errors_name_the_key():
     node = OmegaConf.load(CONF_DIR / "scheduler" / "none.yaml")
     node.warmup_steps = 10
     optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
-    with pytest.raises(ConfigError, match="scheduler.warmup_steps=10 is not allowed: fewer than the run's 10"):
+    with pytest.raises(ConfigError, match="scheduler.warmup_steps=10 is not allowed: the whole run has only 10 optim"):
         build_scheduler(node, optimizer, RunLength(10, 5, 5))
 
 

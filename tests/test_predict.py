@@ -135,3 +135,16 @@ def test_predict_bad_images_exit_2(trained_run: Path, reference, tmp_path: Path,
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cnnlab: error: ") and expected in lines[0], (args, err)
+
+
+def test_predict_piped_keeps_long_paths_whole(trained_run: Path, reference, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped, no width given: rich alone would fold at 80
+    images, _ = reference
+    folder = tmp_path / ("a_long_folder_name_of_holiday_photos_" * 3)
+    folder.mkdir()
+    image = save_png(images[2, 0].numpy(), folder / "cat on the sofa, 2026-11-29 08.43.png")
+    code, out, err = run_cli(capsys, "predict", trained_run / "checkpoints" / "last.ckpt", image, "--top-k", "3")
+    assert code == 0, err
+    assert len(str(image)) > 120
+    assert any(str(image) in line for line in out.splitlines())

@@ -21,6 +21,10 @@ PRIVATE = [
     ("torchvision.transforms.v2", "RandAugment._fill", "cnnlab.data.augment: the fill value of those ops"),
     ("torchvision.transforms.v2", "AutoAugment._policies", "cnnlab.data.augment: the learned AutoAugment policies"),
     ("torch.nn.init", "_calculate_fan_in_and_fan_out", "cnnlab.models.knobs: fan-in of weights for init schemes"),
+    ("pytorch_lightning.callbacks", "RichProgressBar._get_train_description",
+     "cnnlab.train.callbacks: the rich bar counts epochs from 1 (`Epoch 1/3`), as metrics.csv does"),
+    ("pytorch_lightning.callbacks", "TQDMProgressBar._leave",
+     "cnnlab.train.callbacks: the tqdm bar counts epochs from 1 (its on_train_epoch_start, redone)"),
     ("hydra.core.utils", "JobReturn._return_value", "cnnlab.runs.sweeps: the error a failed sweep job raised"),
 ]
 

@@ -11,7 +11,7 @@ from cnnlab.cli.common import module_command
 from cnnlab.config import project_importable
 from cnnlab.errors import report
 
-USAGE = """usage: cnnlab COMMAND [ARGS]
+USAGE = """usage: cnnlab COMMAND [ARGS]       (cnnlab --version: the installed version)
 
 commands:
   train [overrides]        train one configuration (Hydra overrides: group=option key=value)
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        from cnnlab import __version__
+
+        print(f"cnnlab {__version__}")
         return 0
     command, rest = args[0], args[1:]
     if command in ("-sc", "--shell-completion"):  # Hydra's tab completion: `eval "$(cnnlab -sc install=bash)"`

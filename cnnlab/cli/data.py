@@ -48,8 +48,10 @@ def show(args: list[str]) -> int:
     """`cnnlab data show`: compose, build the data module the training would use, write the grid."""
     from cnnlab.data.show import augmented_samples, render
     from cnnlab.train.build import build_datamodule
+    from cnnlab.train.environment import quiet_libraries
     from cnnlab.validate import validate
 
+    quiet_libraries()  # class names a font lacks are drawn as boxes: no warning per glyph
     options = parser().parse_args(args)
     if options.count < 1:
         raise ConfigError("--count", options.count, "a positive integer")

@@ -40,6 +40,10 @@ def description(path: Path) -> str:
         node = data if "description" in data else data.get(path.parent.name)
         if isinstance(node, dict) and node.get("description"):
             return " ".join(str(node["description"]).split())
+        if str(data.get("_target_", "")).endswith("zoo.torchvision_model") and data.get("arch"):
+            from cnnlab.models.architectures import describe
+
+            return describe(str(data["arch"]))
     for line in text.splitlines():
         if line.startswith("#") and line.lstrip("#").strip() and not line.startswith("# @package"):
             return line.lstrip("#").strip()

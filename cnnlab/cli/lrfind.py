@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -50,11 +52,22 @@ def run(args: list[str]) -> dict[str, Any]:
     # One forward pass, as `train` does: the input-size check for any class (and lazy layers get their shapes).
     summarize_model(module.model, cfg, module.objective.output_units(cfg.dataset.num_classes,
                                                                       cfg.dataset.get("multilabel", False)))
+    # max_epochs=-1: the range test ends after its own number of steps (no "max_epochs was not set" warning)
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-                         precision=cfg.trainer.precision, default_root_dir=str(out), logger=False,
+                         precision=cfg.trainer.precision, default_root_dir=str(out), logger=False, max_epochs=-1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=options.min_lr, max_lr=options.max_lr,
-                                    num_training=options.steps, update_attr=False)
+    # Lightning's range test draws its own tqdm bar whatever enable_progress_bar says: hand it a disabled one.
+    from pytorch_lightning.tuner import lr_finder
+
+    bar = lr_finder.tqdm
+    lr_finder.tqdm = functools.partial(bar, disable=True)
+    # "Failed to compute suggestion": cnnlab says so itself, with the plot to look at
+    logging.getLogger(lr_finder.__name__).setLevel(logging.CRITICAL)
+    try:
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=options.min_lr, max_lr=options.max_lr,
+                                        num_training=options.steps, update_attr=False)
+    finally:
+        lr_finder.tqdm = bar
     suggestion = finder.suggestion() if finder is not None else None
     import matplotlib
 

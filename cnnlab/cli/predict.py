@@ -90,16 +90,22 @@ def predict(restored: Restored, files: list[Path], top_k: int, batch_size: int |
 
 def print_table(predictions: list[Prediction]) -> None:
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     k = max(len(p.classes) for p in predictions)
     table = Table()
-    table.add_column("image", overflow="fold")  # whole paths, wrapped, never cut
+    table.add_column("image", no_wrap=True)  # a path is never broken; the class columns wrap first
     for rank in range(1, k + 1):
         table.add_column(f"#{rank}")
     for prediction in predictions:
         table.add_row(prediction.image, *[f"{name} {prob:.4f}" for _, name, prob in prediction.classes])
-    Console().print(table)
+    if sys.stdout.isatty():
+        console = Console()
+    else:  # piped: no terminal to fit, so every line as long as the table wants (paths whole, for grep and cut)
+        probe = Console(width=10_000)
+        console = Console(width=max(80, Measurement.get(probe, probe.options, table).maximum))
+    console.print(table)
 
 
 def print_json(predictions: list[Prediction]) -> None:

@@ -195,8 +195,13 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+_SUMMARIES_SHOWN: set[tuple[str, tuple[str, ...]]] = set()  # (sweep or run folder, layers) printed already
+
+
 def _print_model_summary(layers: tuple[list[Any], int, int], cfg: DictConfig, run_dir: Path) -> int:
-    """The layer table of `summarize_model` on the console and in model_summary.txt; returns the parameter count."""
+    """The layer table of `summarize_model` on the console and in model_summary.txt; returns the parameter count.
+
+    A sweep prints each model's table once (each run folder still gets its model_summary.txt)."""
     from pytorch_lightning.utilities import rank_zero_only
     from rich.console import Console
 
@@ -206,12 +211,19 @@ def _print_model_summary(layers: tuple[list[Any], int, int], cfg: DictConfig, ru
     if rank_zero_only.rank != 0:  # DDP: one process prints and writes the run folder
         return total
     name, target = _choices().get("model", ""), str(cfg.model.get("_target_"))
-    shown = name if target.startswith("cnnlab.") else f"{name} ({target})".lstrip()  # a user's class: its path
-    table = render(rows, total, trainable, title=f"Model summary: {shown}")
-    Console().print(table)
+    title = name if target.startswith("cnnlab.") else f"{name} ({target})".lstrip()  # a user's class: its path
+    table = render(rows, total, trainable, title=f"Model summary: {title}")
+    from hydra.types import RunMode
+
     from cnnlab.runs.layout import MODEL_SUMMARY_FILE
     from cnnlab.runs.write import writing
 
+    hydra_cfg = HydraConfig.get()
+    sweep = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else str(run_dir)
+    shown = (sweep, tuple(str(row) for row in rows))
+    if shown not in _SUMMARIES_SHOWN:
+        _SUMMARIES_SHOWN.add(shown)
+        Console().print(table)
     with writing(run_dir / MODEL_SUMMARY_FILE), (run_dir / MODEL_SUMMARY_FILE).open("w") as handle:
         Console(file=handle, width=120).print(table)
     return total
@@ -382,9 +394,12 @@ def _overridden_values(cfg: DictConfig, choices: dict[str, str]) -> dict[str, An
 
 
 def _print_result(summary: dict[str, Any]) -> None:
+    import logging
+
     from rich.console import Console
 
     console = Console(soft_wrap=True)
+    log = logging.getLogger("cnnlab")  # train.log keeps what the console shows
     best, test = summary.get("best") or {}, summary.get("test") or {}
     parts = [f"epochs {summary['epochs']}", f"{summary['duration_s']:.1f}s"]
     if best:
@@ -394,11 +409,15 @@ def _print_result(summary: dict[str, Any]) -> None:
         parts.append(f"test acc {test['test/acc']:.4f}")
     if summary.get("debug"):
         parts.append(f"debug={summary['debug']}")
-    console.print("[bold]done:[/bold] " + ", ".join(parts))
+    lines = ["done: " + ", ".join(parts)]
     diagnosis = summary.get("diagnosis") or {}
     if diagnosis.get("message"):
-        console.print(f"[bold]diagnosis:[/bold] {diagnosis['message']}", highlight=False)
-    console.print(f"run folder: {HydraConfig.get().runtime.output_dir}")
+        lines.append(f"diagnosis: {diagnosis['message']}")
+    lines.append(f"run folder: {HydraConfig.get().runtime.output_dir}")
+    for line in lines:
+        head, _, rest = line.partition(": ")
+        console.print(f"[bold]{head}:[/bold] {rest}" if head in ("done", "diagnosis") else line, highlight=False)
+        log.info(line)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -413,5 +432,25 @@ def hydra_entry(cfg: DictConfig) -> float | None:
             raise  # cnnlab.api: the caller gets the error (as ConfigError when it is the user's)
         # Reported here, as one line, before Hydra would log the job's failure around it; in a sweep, a failed
         # run is recorded in its summary.json and the sweep goes on.
-        return ended(error, Path(HydraConfig.get().runtime.output_dir),
-                     {"status": "failed", "choices": _choices(), "overrides": _overrides()})
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if isinstance(error, Exception) and user_message(error) is not None:
+            _discard_unstarted(cfg, run_dir)
+        return ended(error, run_dir, {"status": "failed", "choices": _choices(), "overrides": _overrides()})
+
+
+def _discard_unstarted(cfg: DictConfig, run_dir: Path) -> None:
+    """A single run refused for a user error before it began (no summary.json): remove the folder Hydra made for
+    it, so `compare` does not list it as killed or still running. A resumed run's folder is never removed."""
+    import shutil
+
+    from hydra.types import RunMode
+
+    from cnnlab.runs.layout import SUMMARY_FILE
+
+    if HydraConfig.get().mode != RunMode.RUN or cfg.get("ckpt_path") or (run_dir / SUMMARY_FILE).exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()  # the day's folder, when this was its only run
+    except OSError:
+        pass

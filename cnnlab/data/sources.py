@@ -134,7 +134,23 @@ def mnist_family(name: str, torchvision_class: str, data_dir: str, system_dirs: 
             getattr(tvd, torchvision_class)(root=str(root), train=train, download=True, **torchvision_kwargs)
 
     return locate(name, folders, _idx_match(_idx_stems(prefix)), fetch if download else None, [raw],
-                  how or f"put the four IDX files in {root / name} or run once with internet access")
+                  how or _idx_how(name, root, prefix))
+
+
+# Where each IDX dataset is published (the addresses torchvision downloads from).
+IDX_HOMES = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist",
+    "kmnist": "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+}
+
+
+def _idx_how(name: str, root: Path, prefix: str = "") -> str:
+    """What to download and where to put it: the four IDX file names, their address, the folder."""
+    files = ", ".join(f"{stem}.gz" for stem in _idx_stems(prefix).values())
+    home = IDX_HOMES.get(name)
+    source = f" from {home}" if home else ""
+    return f"download {files}{source} into {root / name}, or run once with internet access"
 
 
 def mnist(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datasets/mnist",), download: bool = True) -> Arrays:
@@ -147,8 +163,8 @@ def fashion_mnist(data_dir: str, system_dirs: Sequence[str] = ("/usr/share/datas
     """Fashion-MNIST from data_dir, Debian's dataset-fashion-mnist package, or a download."""
     return mnist_family(
         "fashion_mnist", "FashionMNIST", data_dir, system_dirs, download,
-        how=("install Debian's package (apt-get install dataset-fashion-mnist), put the four "
-             f"*-ubyte.gz files in {_expand(data_dir) / 'fashion_mnist'}, or run once with internet access"),
+        how=("install Debian's package (apt-get install dataset-fashion-mnist), or "
+             + _idx_how("fashion_mnist", _expand(data_dir))),
     )
 
 

@@ -414,30 +414,84 @@ def _failure_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
-def print_table(comparison: Comparison) -> None:
+def _table(comparison: Comparison, stacked: bool, dropped: Sequence[str] = ()) -> Any:
+    """The rich table: one column per differing key, or (stacked) one `settings` column with a line per key;
+    the identifying columns never wrap, the metric headers and the diagnosis may."""
+    from rich.table import Table
+
+    caption = f"same in all: {_common_line(comparison)}"
+    if dropped:
+        caption += f"; left out for width: {', '.join(dropped)} (see --format md or csv)"
+    caption = "\n".join(filter(None, [caption, _evidence_note(comparison)]))
+    table = Table(title=_caption(comparison), caption=caption, title_justify="left", caption_justify="left")
+    heads, rows = _headers(comparison, brief=True), [_cells(comparison, row, brief=True) for row in comparison.rows]
+    keys = len(comparison.differing)
+    identifying = keys + (0 if comparison.grouped else 1)  # the settings, and the run folder when not grouped
+    if stacked and identifying > 1:  # the run folder on the first line, then one line per setting
+        heads = ["run / settings" if not comparison.grouped else "settings", *heads[identifying:]]
+        rows = [["\n".join([*([] if comparison.grouped else [cells[keys]]),
+                             *(f"{k}={v}" for k, v in zip(comparison.differing, cells[:keys]))]),
+                 *cells[identifying:]] for cells in rows]
+        keys = identifying = 1
+    keep = [i for i, head in enumerate(heads) if head not in dropped]
+    for i in keep:
+        if i < identifying:
+            table.add_column(heads[i], style="bold" if i < keys else None, no_wrap=True)
+        elif heads[i] in ("diagnosis", "evidence"):  # words may wrap
+            table.add_column(heads[i], overflow="fold", min_width=12)
+        else:  # a number never wraps; stacked, its header takes two lines to leave room for the settings
+            head = heads[i].replace(" ", "\n", 1) if stacked else heads[i]
+            table.add_column(head, justify="right", no_wrap=True)
+    for cells in rows:
+        table.add_row(*(cells[i] for i in keep))
+    return table
+
+
+# Metric columns given up, in this order, before an identifying column would fold.
+NARROWING = ("duration (s)", "params", "test loss", "test f1", "epoch", "test acc")
+
+
+def fitted_table(comparison: Comparison, width: int) -> Any:
+    """The most complete table whose identifying columns (the settings that differ, the run) fit `width` whole:
+    one column per key, else the keys stacked into one column, else that with metric columns left out."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)  # measured unbounded: rich caps a measurement at the console's width
+
+    def fits(table: Any) -> bool:
+        return Measurement.get(console, console.options, table).minimum <= width
+
+    table = _table(comparison, stacked=False)
+    if fits(table):
+        return table
+    dropped: list[str] = []
+    table = _table(comparison, stacked=True)
+    for head in NARROWING:
+        if fits(table):
+            break
+        dropped.append(head)
+        table = _table(comparison, stacked=True, dropped=dropped)
+    return table
+
+
+def print_table(comparison: Comparison, console: Any = None) -> None:
     """The terminal table, then the runs that failed. Shorter than the exports: of the test metrics only
-    accuracy, loss and F1, the evidence on the monitored metric only, and no list of run folders for groups."""
+    accuracy, loss and F1, the evidence on the monitored metric only, and no list of run folders for groups. Piped,
+    the table takes the width it needs (nothing folds); in a terminal, it fits the terminal (fitted_table)."""
     import sys
 
     from rich.console import Console
-    from rich.table import Table
+    from rich.measure import Measurement
 
-    # Piped output has no terminal width: rich's 80 columns would fold every number, so allow a wide line.
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    caption = "\n".join(filter(None, [f"same in all: {_common_line(comparison)}", _evidence_note(comparison)]))
-    table = Table(title=_caption(comparison), caption=caption, title_justify="left", caption_justify="left")
-    runs_column = -1 if comparison.grouped else len(comparison.differing)
-    for index, head in enumerate(_headers(comparison, brief=True)):
-        if head == "evidence":  # words may wrap
-            table.add_column(head, justify="left", min_width=12)
-        elif index < len(comparison.differing):
-            table.add_column(head, style="bold", no_wrap=True)
-        else:  # when the line is too long only the list of run folders folds, never a number or a choice
-            table.add_column(head, justify="left" if index == runs_column else "right",
-                             no_wrap=index != runs_column, overflow="fold" if index == runs_column else "ellipsis")
-    for row in comparison.rows:
-        table.add_row(*_cells(comparison, row, brief=True))
-    console.print(table)
+    if console is None:
+        if sys.stdout.isatty():
+            console = Console()
+        else:  # no terminal width to keep to: as wide as the table wants
+            probe = Console(width=10_000)
+            wanted = Measurement.get(probe, probe.options, _table(comparison, stacked=False)).maximum
+            console = Console(width=max(80, wanted), soft_wrap=False)
+    console.print(fitted_table(comparison, console.width))
     for text in _failure_lines(comparison):
         console.print(f"[red]failed[/red] {text}", highlight=False)
 
@@ -525,7 +579,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
     colours = plt.get_cmap("tab10" if len(comparison.rows) <= 10 else "tab20")
     styles, markers = ("-", "--", ":", "-."), "osD^v<>"
     for index, row in enumerate(comparison.rows):
-        label = row.label() + (f" ({len(row.runs)} {comparison.unit})" if comparison.grouped else "")
+        label = textwrap.fill(row.label() + (f" ({len(row.runs)} {comparison.unit})" if comparison.grouped else ""), 60)
         look = {"color": colours(index % colours.N), "linestyle": styles[index % len(styles)],
                 "marker": markers[index % len(markers)], "markersize": 4}
         for ax, metric in zip(axes, ("val_loss", "val_acc")):
@@ -540,7 +594,7 @@ def plot_overlay(comparison: Comparison, path: Path) -> None:
     for ax, name in zip(axes, ("validation loss", "validation accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name + (f" (mean over {comparison.unit})" if comparison.grouped else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
     columns = max(1, min(len(handles), 3))

@@ -1,9 +1,11 @@
 """Fitting diagnosis from a run's per-epoch history: underfitting, overfitting, or a good fit, and why.
 
 The teaching material's reading of train vs validation curves, made explicit:
-  underfitting  the model does not even fit the training data (training accuracy itself is low);
-  overfitting   validation loss rises again after its minimum while training loss keeps falling and the
-                train-validation accuracy gap grows;
+  overfitting   validation loss has stayed above its minimum (by more than noise) for the last `overfit_epochs`
+                epochs, whatever else still improves (training loss, even validation accuracy);
+  underfitting  the best the run reached is low: neither the best validation accuracy nor the final epoch's
+                training accuracy reaches `underfit_acc` (an epoch's training accuracy is an average over an
+                epoch in which the model was still learning, so it is not judged on its own);
   otherwise     a good fit, which is either still improving at the last epoch (train longer) or has converged.
 """
 
@@ -41,8 +43,8 @@ def diagnose(rows: list[Row], monitor: str = "val_acc", mode: str = "max", patie
              min_delta: float = 0.0, underfit_acc: float = 0.7, overfit_epochs: int = 2) -> dict[str, Any]:
     """Summarise a metrics.csv history into figures and a one-line verdict.
 
-    `underfit_acc`: final training accuracy below this is underfitting. `overfit_epochs`: how many epochs of
-    rising validation loss (after its minimum, with falling training loss) count as overfitting.
+    `underfit_acc`: a run whose best validation accuracy and final training accuracy both stay below this is
+    underfitting. `overfit_epochs`: how many epochs of validation loss above its minimum count as overfitting.
     """
     if not rows:
         return {"verdict": "unknown", "message": "no completed epoch to diagnose"}
@@ -68,14 +70,19 @@ def diagnose(rows: list[Row], monitor: str = "val_acc", mode: str = "max", patie
     overfit_from = _overfitting_start(rows, overfit_epochs)
     result["overfitting_from_epoch"] = overfit_from
     last_epoch = int(last["epoch"])
-    if _finite(train_acc) and train_acc < underfit_acc:
-        verdict = "underfitting"
-        message = (f"underfitting: training accuracy is only {train_acc:.3f} after {last_epoch} epochs; "
-                   "use a bigger model, a higher learning rate or more epochs")
-    elif overfit_from is not None:
+    reached = _reached_accuracy(rows)
+    result["reached_acc"] = reached[1] if reached else None
+    if overfit_from is not None:
         verdict = "overfitting"
-        message = (f"overfitting from epoch {overfit_from}: validation loss rises while training loss falls "
-                   f"(accuracy gap {result['acc_gap']:.3f})")
+        rise = float(last["val_loss"]) - min(v for _, v in val_losses)
+        gap = f", accuracy gap {result['acc_gap']:.3f}" if result["acc_gap"] is not None else ""
+        message = (f"overfitting from epoch {overfit_from}: validation loss has risen since its minimum at epoch "
+                   f"{result['val_loss_min_epoch']} (+{rise:.3f} by epoch {last_epoch}{gap}); "
+                   f"the checkpoint of the best epoch is the one to keep")
+    elif reached is not None and reached[1] < underfit_acc:
+        verdict = "underfitting"
+        message = (f"underfitting: the best accuracy reached is only {reached[1]:.3f} ({reached[0]}) after "
+                   f"{last_epoch} epochs; use a bigger model, a higher learning rate or more epochs")
     elif not monitored:
         verdict = "unknown"
         message = f"no {monitor} was recorded (validation off?): train vs validation cannot be compared"
@@ -92,25 +99,36 @@ def diagnose(rows: list[Row], monitor: str = "val_acc", mode: str = "max", patie
     return result
 
 
+# A rise of validation loss counts once it exceeds this share of the minimum: the epoch-to-epoch noise of a
+# converged run stays below it.
+NOISE = 0.05
+
+
 def _overfitting_start(rows: list[Row], min_epochs: int) -> int | None:
-    """First epoch after the validation-loss minimum from which val loss rose for `min_epochs` epochs in a row
-    while training loss kept falling and the train-validation accuracy gap widened."""
-    usable = [r for r in rows if _finite(r.get("val_loss")) and _finite(r.get("train_loss"))]
+    """The epoch after the validation-loss minimum, when each of the last `min_epochs` epochs (all after the
+    minimum) has a validation loss above the minimum by more than noise; else None."""
+    usable = [r for r in rows if _finite(r.get("val_loss"))]
     if len(usable) < min_epochs + 1:
         return None
     best_index = min(range(len(usable)), key=lambda i: usable[i]["val_loss"])
-    after = usable[best_index:]
-    if len(after) < min_epochs + 1:
+    after = usable[best_index + 1:]
+    if len(after) < min_epochs:
         return None
-    rising = all(after[i + 1]["val_loss"] > after[i]["val_loss"] for i in range(min_epochs))
-    train_falls = after[-1]["train_loss"] < after[0]["train_loss"]
-
-    def gap(row: Row) -> float | None:
-        return row["train_acc"] - row["val_acc"] if _finite(row.get("train_acc")) and _finite(row.get("val_acc")) \
-            else None
-
-    gaps = [gap(after[0]), gap(after[-1])]
-    gap_grows = None in gaps or gaps[1] > gaps[0]
-    if rising and train_falls and gap_grows:
-        return int(after[1]["epoch"])
+    lowest = float(usable[best_index]["val_loss"])
+    margin = NOISE * abs(lowest)
+    if all(float(r["val_loss"]) > lowest + margin for r in after[-min_epochs:]):
+        return int(after[0]["epoch"])
     return None
+
+
+def _reached_accuracy(rows: list[Row]) -> tuple[str, float] | None:
+    """The best accuracy the run reached: its best validation accuracy, or its final epoch's training accuracy
+    when that is higher (the number and where it comes from)."""
+    candidates = []
+    val = _series(rows, "val_acc")
+    if val:
+        epoch, value = max(val, key=lambda p: p[1])
+        candidates.append((f"validation, epoch {epoch}", value))
+    if _finite(rows[-1].get("train_acc")):
+        candidates.append((f"training, epoch {int(rows[-1]['epoch'])}", float(rows[-1]["train_acc"])))
+    return max(candidates, key=lambda c: c[1]) if candidates else None

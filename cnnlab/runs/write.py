@@ -64,6 +64,35 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(Path(run_dir) / METRICS_FILE, "\n".join(lines) + "\n")
 
 
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure of plot_curves: integer epoch ticks, legends inside their axes, a long title wrapped."""
+    import textwrap
+
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:  # a notebook's own backend stays; scripts and runs draw off-screen
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            points = [(r["epoch"], r[f"{split}_{metric}"]) for r in rows if r.get(f"{split}_{metric}") is not None]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{'validation' if split == 'val' else 'train'}", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole: no 1.5
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+    if title:
+        fig.suptitle(textwrap.fill(title, 100), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation, side by side in one PNG."""
     import matplotlib.pyplot as plt
@@ -74,30 +103,6 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
             fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
-
-
-def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
-    """The matplotlib figure of plot_curves (loss and accuracy per epoch, train vs validation)."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:  # a notebook's own backend stays; scripts and runs draw off-screen
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            points = [(r["epoch"], r[f"{split}_{metric}"]) for r in rows if r.get(f"{split}_{metric}") is not None]
-            if points:
-                ax.plot(*zip(*points), style, label=f"{'validation' if split == 'val' else 'train'}", markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def confusion_figure(matrix: Any, class_names: list[str], title: str = "") -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -62,10 +63,21 @@ class RunLog(pl.Callback):
         }
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         write_metrics(self.run_dir, self.rows)
+        logging.getLogger("cnnlab").info(epoch_line(row, trainer.max_epochs))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
             plot_curves(self.rows, self.run_dir / CURVES_FILE, self.title)
+
+
+def epoch_line(row: dict[str, Any], max_epochs: int | None = None) -> str:
+    """One epoch's row as a line of train.log: `epoch 2/10: train_loss 0.4123 ... lr 0.001 (3.2s)`."""
+    total = f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
+    figures = [f"{key} {row[key]:.4f}" for key in ("train_loss", "train_acc", "val_loss", "val_acc")
+               if row.get(key) is not None]
+    if row.get("lr") is not None:
+        figures.append(f"lr {row['lr']:.3g}")
+    return f"epoch {row['epoch']}{total}: {', '.join(figures)} ({row['epoch_time_s']:.1f}s)"
 
 
 def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequest) -> list[Any]:
@@ -93,15 +105,37 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
     bar = cfg.progress_bar
     if bar == "auto":
         bar = "rich" if sys.stdout.isatty() else "none"
-    if bar == "rich":
+    if bar in ("rich", "tqdm"):
+        callbacks.append(progress_bar(bar))
+    return callbacks
+
+
+def progress_bar(kind: str) -> pl.Callback:
+    """Lightning's rich or tqdm bar, counting epochs from 1 like metrics.csv and the done line (`Epoch 1/3`)."""
+    if kind == "rich":
         from pytorch_lightning.callbacks import RichProgressBar
 
-        callbacks.append(RichProgressBar())
-    elif bar == "tqdm":
-        from pytorch_lightning.callbacks import TQDMProgressBar
+        class OneBasedRich(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                text = f"Epoch {current_epoch + 1}"
+                if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+                    text += f"/{self.trainer.max_epochs}"
+                return text
 
-        callbacks.append(TQDMProgressBar())
-    return callbacks
+        return OneBasedRich()
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    class OneBasedTqdm(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:  # Lightning's, one-based
+            if self._leave:
+                self.train_progress_bar = self.init_train_tqdm()
+            batches = self.total_train_batches
+            self.train_progress_bar.reset(total=None if batches == float("inf") else batches)
+            self.train_progress_bar.initial = 0
+            total = f"/{trainer.max_epochs}" if trainer.max_epochs is not None and trainer.max_epochs > 0 else ""
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+
+    return OneBasedTqdm()
 
 
 def named_nodes(cfg: Any, group: str, example: str) -> dict[str, dict[str, Any]]:

@@ -119,3 +119,16 @@ def quiet_libraries() -> None:
             return "Tip:" not in record.getMessage()
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
+    # Big photos are fine to train on (they are resized); a glyph a font lacks (a non-Latin class name in a
+    # figure) is drawn as a box: neither is something the user can act on in this run.
+    warnings.filterwarnings("ignore", message=r".*exceeds limit of .* pixels, could be decompression bomb DOS.*")
+    warnings.filterwarnings("ignore", message=r"Glyph .* missing from font.*")
+    # Lightning imported before Hydra set up logging keeps a handler of its own: its INFO lines ("GPU available")
+    # would reach the console; leave them to train.log, like the rest.
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(logging.WARNING)
+    # DDP: the epoch metrics are torchmetrics states reduced over the ranks before they are logged, so Lightning's
+    # advice to log them with sync_dist=True (printed by every rank but 0) does not apply.
+    warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\(.*sync_dist=True.*")

@@ -203,6 +203,7 @@ def ended(error: BaseException, run_dir: Path, base_summary: dict[str, Any]) -> 
         message += f"; {_last_good(run_dir)}"
     if isinstance(error, FileWriteError):
         message += f"; free space or fix the folder, then resume with: cnnlab train resume={shown(run_dir)}"
+    logging.getLogger("cnnlab").info("error: %s", " ".join(message.split()))  # train.log keeps the console's line
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         summary_path = Path(run_dir) / SUMMARY_FILE
         summary = read_summary(run_dir) if summary_path.is_file() else dict(base_summary)

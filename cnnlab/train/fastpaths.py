@@ -147,10 +147,11 @@ class CallbackGroup(pl.Callback):
     @staticmethod
     def grouped(callbacks: list[pl.Callback]) -> list[pl.Callback]:
         """The same callbacks, cnnlab's stateless ones gathered into one group where the first of them stood."""
-        from pytorch_lightning.callbacks import Checkpoint
+        from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
-        def groupable(callback: pl.Callback) -> bool:
-            return (type(callback).__module__.startswith("cnnlab.") and not isinstance(callback, Checkpoint)
+        def groupable(callback: pl.Callback) -> bool:  # Lightning finds its checkpoints and progress bar by type
+            return (type(callback).__module__.startswith("cnnlab.")
+                    and not isinstance(callback, (Checkpoint, ProgressBar))
                     and type(callback).state_dict is pl.Callback.state_dict)
 
         members = [c for c in callbacks if groupable(c)]

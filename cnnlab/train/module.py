@@ -36,11 +36,13 @@ def multilabel_scores(num_classes: int) -> dict[str, Metric]:
     }
 
 
-def logged_names(multilabel: bool = False) -> list[str]:
+def logged_names(multilabel: bool = False, ema: bool = False) -> list[str]:
     """The per-epoch metrics ClassifierModule logs in training, by name: what `monitor` may choose from."""
     names = ["train/loss", "train/acc", "val/loss", "val/acc"]
     if multilabel:
         names += [f"val/{name}" for name in ("f1", "map")]  # multilabel_scores but the per-label f1_label
+    if ema:
+        names += ["val_ema/loss", "val_ema/acc"]  # the weights' moving average, validated beside them
     return names
 
 

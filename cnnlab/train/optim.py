@@ -180,7 +180,8 @@ def warmup_steps(node: Any, run: RunLength) -> int:
         steps = max(1, math.floor(fraction * _total(run, "scheduler.warmup_fraction")))
     if steps and run.total_steps is not None:
         _require(steps < run.total_steps, "scheduler.warmup_steps", steps,
-                 f"fewer than the run's {run.total_steps} optimizer steps")
+                 f"the whole run has only {run.total_steps} optimizer steps; give a warmup shorter than the run "
+                 f"(or scheduler.warmup_fraction, a share of it)")
     return steps
 
 
