@@ -75,7 +75,7 @@ def test_each_image_of_a_batch_gets_its_own_draw(option: str):
     else:  # a draw per image: the images it changed differ from each other (policies and crop offsets draw from
         # a few discrete choices, so some coincide there)
         changed = {tuple(image.flatten().tolist()) for image in out if not torch.equal(image, images[0])}
-        share = 0.5 if option in ("autoaugment", "randaugment", "crop", "standard") else 0.9
+        share = 0.25 if option in ("autoaugment", "randaugment", "crop", "standard") else 0.9
         assert len(changed) >= 8, f"only {len(changed)} of 32 images changed"
         changed_count = int(sum(not torch.equal(image, images[0]) for image in out))
         assert len(changed) >= share * changed_count, (
