@@ -323,7 +323,7 @@ def test_splits_are_the_same_for_the_same_seed_and_differ_for_another(formats_di
 
 def test_a_label_the_config_does_not_allow_is_a_clear_error(formats_dir: Path):
     with pytest.raises(ConfigError, match="dataset.num_classes=5 does not fit the data: its labels run from 0 to 9"):
-        _datamodule(formats_dir, ["dataset=cifar10", "dataset.num_classes=5"])
+        _datamodule(formats_dir, ["dataset=cifar10", "dataset.num_classes=5", "dataset.class_names=null"])
 
 
 # ---------------------------------------------------------------- image folders

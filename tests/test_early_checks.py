@@ -14,7 +14,7 @@ TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "d
 
 @pytest.mark.parametrize(("overrides", "words"), [
     (["+trainer.max_epoch=3"], ["trainer.max_epoch", "did you mean trainer.max_epochs"]),
-    (["+trainer.default_root_dir=/tmp/x"], ["trainer.default_root_dir", "cnnlab sets it"]),
+    (["+trainer.default_root_dir=/tmp/x"], ["trainer.default_root_dir", "set by cnnlab"]),
     (["monitor=val/nope"], ["monitor='val/nope'", "val/acc"]),
     (["dataset.class_names=[a,b]"], ["dataset.class_names", "3 names"]),
     (["seed=-1"], ["seed=-1", "2**32-1"]),

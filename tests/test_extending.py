@@ -102,7 +102,13 @@ def test_a_user_model_class_with_its_own_key_trains_and_evaluates(tmp_path: Path
     assert summary["params"] == 1 * 6 * 9 + 6 + 6 * 3 + 3  # conv 1->6 3x3, head 6->3: the dataset's 3 classes
     table = (run / "model_summary.txt").read_text()
     assert "conv" in table and "head" in table and "6x6x6" in table  # the layer summary of the user's class
-    assert main(["eval", str(run)]) == 0
+    # A class named on the command line is in no config folder of the user's: the saved config is data, so eval
+    # runs it only when told the run is trusted (a class from the user's conf/ folder needs no flag).
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{user_package}.MyNet" in err and "--trust" in err and not (run / "eval").exists()
+    assert main(["eval", str(run), "--trust"]) == 0
     report = json.loads((run / "eval" / "best_test.json").read_text())
     assert report["samples"] == 24 and report["metrics"]["acc"] == pytest.approx(summary["test"]["test/acc"])
 
@@ -247,7 +253,7 @@ def test_a_plain_loss_trains_a_few_steps_and_evaluates(tmp_path: Path, user_pack
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert 0 < summary["test"]["test/loss"] < 10
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--trust"]) == 0
     report = json.loads((run / "eval" / "best_test.json").read_text())
     assert report["metrics"]["loss"] == pytest.approx(summary["test"]["test/loss"], abs=1e-5)
 
@@ -259,12 +265,12 @@ def test_a_user_model_with_a_torch_loss_resumes_and_predicts(tmp_path: Path, use
                        "trainer.max_epochs=2", "loss._target_=torch.nn.CrossEntropyLoss",
                        "fault_injection.signal_at_step=4")
     assert code != 0 and json.loads((run / "summary.json").read_text())["status"] == "interrupted"
-    assert main(["train", f"resume={run}"]) == 0
+    assert main(["train", f"resume={run}", "--trust"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 6 and summary["resumed_from"]["step"] == 4
     image = tmp_path / "x.png"
     Image.new("L", (8, 8), color=120).save(image)
     capsys.readouterr()
-    assert main(["predict", str(run), str(image), "--format", "json"]) == 0
+    assert main(["predict", str(run), str(image), "--format", "json", "--trust"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sum(c["probability"] for c in rows[0]["predictions"]) == pytest.approx(1.0, abs=1e-4)

@@ -84,7 +84,8 @@ def test_dataset_not_found_names_the_files_and_where_to_get_them(capsys: pytest.
     ("early_stopping.min_delta=-1", "early_stopping.min_delta=-1 is not allowed: a number >= 0"),
     ("diagnosis.underfit_acc=2", "diagnosis.underfit_acc=2 is not allowed: a number between 0 and 1"),
     ("diagnosis.overfit_epochs=0", "diagnosis.overfit_epochs=0 is not allowed: an integer >= 1"),
-    ("monitor=val/accc", "monitor='val/accc' is not allowed: one of val/acc, val/loss"),
+    ("monitor=val/accc",
+     "monitor='val/accc' is not allowed: a metric the run logs: train/loss, train/acc, val/loss, val/acc"),
 ])
 def test_enumerated_settings_are_checked_before_training(capsys: pytest.CaptureFixture, tmp_path: Path,
                                                          override: str, expected: str):

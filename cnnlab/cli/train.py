@@ -51,6 +51,7 @@ Config groups and their options:
 
 
 def main(args: list[str]) -> int:
+    trust_before = os.environ.get(TRUST_ENV)
     if TRUST_FLAG in args:  # the saved config of the run continued may name any target (DDP ranks inherit it)
         args = [a for a in args if a != TRUST_FLAG]
         os.environ[TRUST_ENV] = "1"
@@ -81,6 +82,10 @@ def main(args: list[str]) -> int:
         return report(message)
     finally:
         release_all()  # the run folder's lock goes with the command, however it ended
+        if trust_before is None:  # --trust was for this command only (a notebook or test calls main again)
+            os.environ.pop(TRUST_ENV, None)
+        else:
+            os.environ[TRUST_ENV] = trust_before
     return 0
 
 

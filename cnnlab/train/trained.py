@@ -29,7 +29,8 @@ NETWORK_KEYS = ("model", "loss", "dataset.num_classes", "dataset.channels", "dat
 DATA_LOADING_KEYS = ("data_dir", "dataset.source.data_dir", "dataset.root", "dataset.source.root",
                      "dataset.source.download", "dataset.source.system_dirs", "dataset.source.cache",
                      "dataset.source.cache_max_mb", "dataset.source.num_workers", "num_workers", "batch_size",
-                     "trainer.accelerator", "trainer.devices", "threads", "data_on_device", "progress_bar")
+                     "trainer.accelerator", "trainer.devices", "threads", "data_on_device", "progress_bar",
+                     "dataset.flip_ok")  # flip_ok only allows or refuses tta=flip, which names its file itself
 
 
 def override_name(override: str) -> str:
