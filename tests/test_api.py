@@ -31,6 +31,7 @@ def test_import_stays_light_and_names_resolve():
         package.nope  # noqa: B018
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_process_load_and_compare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from hydra.core.global_hydra import GlobalHydra
 
@@ -71,6 +72,7 @@ def test_two_runs_in_one_process_load_and_compare(tmp_path: Path, monkeypatch: p
     assert by_loss["nll"]["params"] == second.summary["params"]
 
 
+@pytest.mark.slow
 def test_errors_raise_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"model=nope: no such option; choose one of: .*lenet"):

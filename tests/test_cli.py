@@ -99,6 +99,7 @@ def bad_files(tmp: Path) -> None:
                tmp / "run" / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "expected"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture, overrides: list[str],
                                           expected: str):

@@ -64,6 +64,7 @@ def test_multirun_writes_a_sweep_summary_with_seed_statistics(sweep: Path, capsy
     assert "Same in all runs: `model=lenet optimizer=adam" in markdown
 
 
+@pytest.mark.slow
 def test_hparams_and_confusion_matrix_reach_tensorboard(sweep: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -197,6 +198,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and expected in err[0]
 
 
+@pytest.mark.slow
 def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import cnnlab.cli.train
 
@@ -221,6 +223,7 @@ def test_sweep_summary_is_written_when_a_job_fails(tmp_path: Path, monkeypatch: 
     assert "Failed runs (1):" in markdown and "- 1 (seed=1): failed: RuntimeError: simulated crash in job 1" in markdown
 
 
+@pytest.mark.slow
 def test_diagnosis_column_shows_verdicts_and_debug_runs(tmp_path: Path):
     from cnnlab.cli import main
     from cnnlab.runs.compare import compare, load, to_csv

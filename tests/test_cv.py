@@ -44,6 +44,7 @@ def _validation_indices(run: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return datamodule.split_indices["val"], datamodule.split_indices["train"], labels
 
 
+@pytest.mark.slow
 def test_cv_folds_trains_one_run_per_fold_and_compare_groups_them(tmp_path: Path, capsys: pytest.CaptureFixture):
     sweep = tmp_path / "cv"
     # a single-run command line: cv.folds turns it into a multirun of the 3 folds
@@ -88,6 +89,7 @@ def test_bad_folds_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captur
     assert len(err) == 1 and err[0].startswith("cnnlab: error: ") and expected in err[0]
 
 
+@pytest.mark.slow
 def test_cv_composes_with_a_multirun_and_folds_are_paired(tmp_path: Path):
     sweep = tmp_path / "cv"
     assert main(["train", "-m", "loss=ce,nll", "cv.folds=2", *TINY, f"hydra.sweep.dir={sweep}"]) == 0

@@ -344,6 +344,7 @@ def test_image_folder_streamed_and_cached_give_the_same_batches(formats_dir: Pat
                 assert torch.equal(a, b) and torch.equal(ya, yb) and a.shape[1:] == (3, 24, 24)
 
 
+@pytest.mark.slow
 def test_image_folder_with_its_own_test_folder(tmp_path: Path):
     make_image_folder(tmp_path / "tree" / "train", per_class=6)
     make_image_folder(tmp_path / "tree" / "test", per_class=3, seed=1)

@@ -13,6 +13,7 @@ from cnnlab.cli import main
 from cnnlab.config import CONF_DIR
 
 
+@pytest.mark.slow
 def test_overfit_drives_training_loss_to_zero(tmp_path: Path):
     run = tmp_path / "run"
     assert main(["train", "dataset=synthetic", "model=mlp", "debug=overfit", "trainer.max_epochs=25",
@@ -30,6 +31,7 @@ def test_overfit_drives_training_loss_to_zero(tmp_path: Path):
 DEBUG_EFFECTS = {"fdr": (5, 1, False), "limit": (44, 2, True), "overfit": (4, 1, True), "profiler": (50, 1, True)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml")))
 def test_every_debug_mode_runs_and_is_marked(tmp_path: Path, mode: str):
     run = tmp_path / "run"

@@ -94,6 +94,7 @@ def test_run_validates_both_and_checkpoints_the_average(ema_run: Path):
     assert int(checkpoint["state_dict"]["ema.n_averaged"]) == checkpoint["global_step"]
 
 
+@pytest.mark.slow
 def test_eval_with_ema_reproduces_val_ema_acc(ema_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     code = main(["eval", str(ema_run), "split=val", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().err

@@ -53,6 +53,7 @@ def test_eval_checkpoint_on_validation_split(trained_run: Path, tmp_path: Path, 
     assert report["metrics"]["acc"] == pytest.approx(best_val_acc, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_finds_data_elsewhere_with_data_dir(tmp_path: Path, fashion_dir: Path, capsys: pytest.CaptureFixture):
     run = tmp_path / "run"
     code = main(["train", "dataset=fashion_mnist", f"data_dir={fashion_dir}", "dataset.source.system_dirs=[]",

@@ -35,6 +35,7 @@ def test_every_preset_is_listed_with_a_description():
         assert line.split(None, 1)[1].strip() == written and len(written) > 20
 
 
+@pytest.mark.slow
 def test_keras_preset_sets_the_source_run():
     cfg = compose(["experiment=keras_lenet_mnist"])
     assert (cfg.batch_size, cfg.val_fraction, cfg.trainer.max_epochs) == (1024, 0.2, 5)
@@ -44,6 +45,7 @@ def test_keras_preset_sets_the_source_run():
     assert compose(["experiment=keras_lenet_mnist", "batch_size=256"]).batch_size == 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "loss_comparison"])
 def test_preset_trains_a_step(preset: str, formats_dir: Path, tmp_path: Path):
     run = tmp_path / "run"

@@ -65,6 +65,7 @@ def check_sidecar(path: Path, run: Path, fmt: str) -> dict:
     return info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_torchscript_matches_pytorch(runs: dict[str, Path], model: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture):
@@ -81,6 +82,7 @@ def test_torchscript_matches_pytorch(runs: dict[str, Path], model: str, tmp_path
     check_sidecar(tmp_path / "net.pt.json", runs[model], "torchscript")
 
 
+@pytest.mark.slow
 @needs_onnx
 @pytest.mark.parametrize("model", MODELS)
 def test_onnx_matches_pytorch(runs: dict[str, Path], model: str, tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -98,6 +100,7 @@ def test_onnx_matches_pytorch(runs: dict[str, Path], model: str, tmp_path: Path,
     assert np.abs(scores - pytorch_scores(runs[model], images).numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_fixed_batch_and_opset(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
     import onnx

@@ -223,6 +223,7 @@ def test_a_plain_function_loss_with_its_head_and_keyword(user_package: str):
         logits, target, weight=torch.tensor([1.0, 1.0, 4.0]))))
 
 
+@pytest.mark.slow
 def test_loss_mistakes_are_one_line(user_package: str):
     with pytest.raises(ConfigError, match="smooth_nll takes no weight="):
         _objective(f"loss._target_={user_package}.smooth_nll", "~loss.label_smoothing", "loss.class_weights=[1,1,1]")
@@ -258,6 +259,7 @@ def test_a_plain_loss_trains_a_few_steps_and_evaluates(tmp_path: Path, user_pack
     assert report["metrics"]["loss"] == pytest.approx(summary["test"]["test/loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_user_model_with_a_torch_loss_resumes_and_predicts(tmp_path: Path, user_package: str, capsys):
     from PIL import Image
 

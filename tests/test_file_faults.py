@@ -46,6 +46,7 @@ def _limited(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_a_checkpoint_save(one_epoch: Path):
     run = one_epoch
     step = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
@@ -71,6 +72,7 @@ def test_file_size_limit_during_a_checkpoint_save(one_epoch: Path):
     assert summary["status"] == "completed" and summary["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_read_only_checkpoint_folder(one_epoch: Path):
     run = one_epoch
     folder = run / "checkpoints"

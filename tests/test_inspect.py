@@ -50,6 +50,7 @@ def trained(run: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Ten
     return module, inputs, labels, probs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, last_stage", [("lenet", "features.4"), ("resnet18", "layer4")])
 def test_inspect_writes_every_png(runs: dict[str, Path], model: str, last_stage: str,
                                   capsys: pytest.CaptureFixture):
@@ -106,6 +107,7 @@ def test_grad_cam_formula_on_a_network_known_by_hand():
     assert float(inside.grad_cam(model, images, "0", torch.tensor([1, 1])).abs().max()) == 0.0
 
 
+@pytest.mark.slow
 def test_most_confidently_wrong_are_wrong_and_sorted(runs: dict[str, Path], capsys: pytest.CaptureFixture):
     code, _, err = run_cli(capsys, "inspect", runs["lenet"], "--wrong", "5")
     assert code == 0, err
@@ -135,6 +137,7 @@ def test_per_class_accuracy():
     assert accuracy[:2].tolist() == pytest.approx([1.0, 2 / 3]) and torch.isnan(accuracy[2])
 
 
+@pytest.mark.slow
 def test_inspect_given_images_and_mlp(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
     pixels = (np.random.default_rng(0).random((20, 24)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "my digit.png")
@@ -157,6 +160,7 @@ def test_inspect_given_images_and_mlp(runs: dict[str, Path], tmp_path: Path, cap
     (["--class", "dog"], "--class='dog' is not allowed: a class name (circle, square, star)"),
     (["--wrong", "0"], "--wrong"),
 ])
+@pytest.mark.slow
 def test_bad_options_are_one_line(runs: dict[str, Path], args: list[str], message: str,
                                   capsys: pytest.CaptureFixture, tmp_path: Path):
     code, _, err = run_cli(capsys, "inspect", runs["lenet"], *args, "--out", tmp_path)

@@ -62,6 +62,7 @@ def test_csv_logger_alone_writes_its_files_and_the_run_folder_stays_complete(tmp
     assert "model: mlp" in (run / "csv" / "hparams.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_several_loggers_at_once_and_none(tmp_path: Path, capsys):
     both = tmp_path / "both"
     assert _train(both, "logger=[tensorboard,csv]") == 0
@@ -73,6 +74,7 @@ def test_several_loggers_at_once_and_none(tmp_path: Path, capsys):
     assert not (none / TB_DIR).exists() and not (none / "csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                     reason="the mlflow extra is not installed (pip install 'cnnlab[mlflow]')")
 def test_mlflow_logger_writes_a_file_store_in_the_run_folder(tmp_path: Path, capsys):

@@ -234,6 +234,7 @@ SMOKE = ["dataset=synthetic", "dataset.source.num_train=96", "dataset.source.num
          "trainer.max_epochs=1", "progress_bar=none"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSSES)
 def test_training_with_each_loss(tmp_path: Path, name: str):
     run = tmp_path / "run"
@@ -273,6 +274,7 @@ def test_balanced_class_weights_come_from_the_training_labels(tmp_path: Path):
     assert torch.allclose(saved, torch.tensor(expected, dtype=torch.float32))
 
 
+@pytest.mark.slow
 def test_a_loss_that_cannot_learn_the_task_stops_before_training(tmp_path: Path, capsys):
     run = tmp_path / "run"
     code = main(["train", "loss=multi_margin", "dataset.multilabel=true", *SMOKE, f"hydra.run.dir={run}"])

@@ -45,6 +45,7 @@ def lr_per_step(run: Path) -> list[float]:
 
 # ------------------------------------------------------------------ schedules in a real run
 
+@pytest.mark.slow
 @pytest.mark.parametrize("staircase", [False, True])
 def test_exp_decay_lr_follows_the_formula(tmp_path: Path, staircase: bool):
     run = tmp_path / "run"
@@ -263,6 +264,7 @@ def test_sgd_options_reach_torch():
     # known only once the data is loaded: 16 optimizer steps in the run
     (["scheduler.warmup_steps=16", "trainer.max_epochs=2"], "the whole run has only 16 optimizer steps"),
 ])
+@pytest.mark.slow
 def test_bad_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str],
                                  expected: str):
     run = tmp_path / "run"

@@ -170,6 +170,7 @@ def write_pngs(folder: Path, count: int = 3) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_user_package_configs_train_resume_eval_predict(project: dict[str, Path]):
     """Own model class (own keys), own dataset config, own preset from a --config-dir folder: trains; resume=
     finds the folder again from the run's record, and resume=, eval and predict run the user's class once the user
@@ -251,6 +252,7 @@ def test_init_project_trains_as_written(tmp_path: Path):
     assert summary["split_sizes"]["train"] + summary["split_sizes"]["val"] + summary["split_sizes"]["test"] == 120
 
 
+@pytest.mark.slow
 def test_data_show_and_lr_find_see_user_configs(project: dict[str, Path]):
     env, work, conf = user_env(project), project["work"], str(project["conf"])
     result = cnnlab("data", "show", "--config-dir", conf, "dataset=tiny", "--count", "4", "--out", "grid.png",

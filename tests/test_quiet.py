@@ -15,6 +15,7 @@ TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "d
         "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
 
 
+@pytest.mark.slow
 def test_design_card_run_is_quiet_and_its_log_keeps_the_console_lines(tmp_path: Path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -41,18 +42,21 @@ def test_tqdm_bar_counts_epochs_from_one(tmp_path: Path, capsys):
     assert "Epoch 2/2" in shown and "Epoch 0" not in shown
 
 
+@pytest.mark.slow
 def test_a_sweep_prints_the_layer_table_once(tmp_path: Path, capsys):
     assert main(["train", "-m", *TINY, "seed=1,2,3", f"hydra.sweep.dir={tmp_path}/sweep"]) == 0
     assert capsys.readouterr().out.count("Model summary: mlp") == 1
     assert len(list((tmp_path / "sweep").glob("*/model_summary.txt"))) == 3
 
 
+@pytest.mark.slow
 def test_the_error_of_a_failed_sweep_job_is_in_its_train_log(tmp_path: Path, capsys):
     assert main(["train", "-m", *TINY, "optimizer.lr=0.01,-1", f"hydra.sweep.dir={tmp_path}/sweep"]) != 0
     log = (tmp_path / "sweep" / "1" / "train.log").read_text()
     assert "error: optimizer.lr=-1 is not allowed: a positive number" in log
 
 
+@pytest.mark.slow
 def test_lr_find_prints_no_progress_bar_or_library_warning(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-m", "cnnlab", "lr-find", *TINY[:-2], "--steps", "10"],

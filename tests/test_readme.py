@@ -31,6 +31,7 @@ def check(example, tmp_path: Path) -> None:
                      f"(python scripts/readme_examples.py --only {example.name} rewrites it):\n{diff}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", QUICK, ids=[e.name for e in QUICK])
 def test_quick_example_matches_readme(example, tmp_path: Path):
     check(example, tmp_path)

@@ -37,6 +37,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_two_folders(tmp_path: Path):
     procs = [_start(*TINY, cwd=tmp_path) for _ in range(2)]
     outputs = [proc.communicate(timeout=600) for proc in procs]
@@ -52,6 +53,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path):
     assert len(printed) == 2
 
 
+@pytest.mark.slow
 def test_a_new_run_into_a_finished_runs_folder_is_refused(finished: Path):
     before = _files(finished)
     refused = cnnlab("train", *TINY, f"hydra.run.dir={finished}")
@@ -61,6 +63,7 @@ def test_a_new_run_into_a_finished_runs_folder_is_refused(finished: Path):
     assert _files(finished) == before
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(finished: Path, tmp_path: Path):
     import shutil
 
@@ -118,6 +121,7 @@ def _image(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["finished", "interrupted"])
 def test_a_copied_run_resumes_evaluates_and_predicts_from_its_new_place(kind: str, tmp_path: Path):
     original = tmp_path / "original"
@@ -150,6 +154,7 @@ def test_a_copied_run_resumes_evaluates_and_predicts_from_its_new_place(kind: st
     assert _files(original) == before
 
 
+@pytest.mark.slow
 def test_legacy_run_with_absolute_paths_resumes_from_a_copy(tmp_path: Path):
     import shutil
 

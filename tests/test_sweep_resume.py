@@ -79,6 +79,7 @@ def test_sigterm_in_job_2_then_resume_keeps_0_1_continues_2_and_runs_3(tmp_path:
     assert timeless[0] == timeless[1] and uninterrupted["test"] == summaries["2"]["test"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_sweep_and_other_overrides(tmp_path: Path, capsys: pytest.CaptureFixture):
     sweep = tmp_path / "sweep"
     assert main(["train", "-m", "seed=0,1", *TINY, "trainer.max_epochs=1", "test=false",
@@ -98,6 +99,7 @@ def test_resume_refuses_a_changed_sweep_and_other_overrides(tmp_path: Path, caps
     assert err[-1].startswith("cnnlab: error: ") and "job 1 ran with seed=7" in err[-1]
 
 
+@pytest.mark.slow
 def test_failed_jobs_run_again_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture):
     import cnnlab.cli.train

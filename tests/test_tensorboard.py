@@ -23,6 +23,7 @@ def events(run: Path) -> object:
     return accumulator
 
 
+@pytest.mark.slow
 def test_extras_are_written_when_asked(tmp_path: Path):
     run = tmp_path / "run"
     assert main(["train", *TINY, "tensorboard.histograms_every=2", "tensorboard.grad_norm=true",

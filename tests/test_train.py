@@ -53,6 +53,7 @@ def test_multirun_makes_one_folder_per_job(tmp_path: Path):
     assert {json.loads(s.read_text())["choices"]["loss"] for s in summaries} == {"ce", "nll"}
 
 
+@pytest.mark.slow
 def test_fashion_mnist_is_read_from_data_dir(tmp_path: Path, fashion_dir: Path):
     run = tmp_path / "run"
     code = main(["train", "dataset=fashion_mnist", f"data_dir={fashion_dir}", "dataset.source.system_dirs=[]",

@@ -175,6 +175,7 @@ class Tiny(nn.Module):
 '''
 
 
+@pytest.mark.slow
 def test_user_class_works_with_the_users_config_folder_or_trust(tmp_path):
     project = tmp_path / "project"
     project.mkdir()

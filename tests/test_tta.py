@@ -89,6 +89,7 @@ def test_predict_with_flip_gives_the_mean_of_the_two_views(trained_run: Path, tm
         assert got == pytest.approx(expected.numpy(), abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_flips_refused_where_the_dataset_disallows_them(trained_run: Path, tmp_path: Path, command: str,
                                                         capsys: pytest.CaptureFixture):
