@@ -9,7 +9,9 @@ import difflib
 import errno
 import re
 import sys
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ConfigError(Exception):
@@ -51,15 +53,21 @@ def os_error_in(error: BaseException) -> OSError | None:
     return None
 
 
-def file_write_error_in(error: BaseException) -> FileWriteError | None:
+def _in_chain(error: BaseException, kind: type[E]) -> E | None:
+    """The first exception of `kind` in the chain of causes and contexts of `error`, else None."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, FileWriteError):
+        if isinstance(current, kind):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def file_write_error_in(error: BaseException) -> FileWriteError | None:
+    """The FileWriteError that a library wrapped (torch around a checkpoint save, say), else None."""
+    return _in_chain(error, FileWriteError)
 
 
 # Hydra groups whose options come from optional plugins: a missing option names the extra that installs them.
@@ -71,14 +79,7 @@ PLUGIN_EXTRAS = {
 
 def config_error_in(error: BaseException) -> ConfigError | None:
     """The ConfigError that Hydra or OmegaConf wrapped (a target's or a resolver's), else None."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ConfigError):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return _in_chain(error, ConfigError)
 
 
 def user_message(error: BaseException) -> str | None:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,3 +178,13 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "early_stopping.enabled=true", f"hydra.run.dir={run}"])
     assert code == 0
     return run
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: Any) -> tuple[int, str, str]:
+    """`cnnlab ARGS` in this process: (exit code, stdout, stderr)."""
+    from cnnlab.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

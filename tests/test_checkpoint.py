@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
-from cnnlab.cli import main
 from cnnlab.errors import ConfigError
 from cnnlab.train.checkpoint import AtomicCheckpointIO, load_checkpoint
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("name", ["best.ckpt", "last.ckpt"])

@@ -7,16 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from cnnlab.cli import main
 from cnnlab.runs.read import read_metrics
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_eval_reproduces_the_test_metrics_in_summary(trained_run: Path, capsys: pytest.CaptureFixture):

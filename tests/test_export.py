@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from cnnlab.cli import main
 from cnnlab.cli.common import restore_checked
@@ -21,13 +22,6 @@ MODELS = {"lenet": [], "mlp": ["model.hidden=[16]"], "resnet18": []}
 ONNX_MISSING = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
 needs_onnx = pytest.mark.skipif(bool(ONNX_MISSING), reason=(
     f"{', '.join(ONNX_MISSING)} not installed (pip install 'cnnlab[export]')"))
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 from torch import nn
 
@@ -20,13 +21,6 @@ TINY = ["dataset=synthetic", "dataset.image_size=16", "dataset.num_classes=3", "
         "dataset.source.num_test=30", "progress_bar=none", "trainer.max_epochs=2", "batch_size=16",
         "dataset.class_names=[circle,square,star]"]
 PNGS = ["filters.png", "gradcam.png", "most_wrong.png", "per_class_accuracy.png"]
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

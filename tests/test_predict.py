@@ -10,19 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnnlab.cli import main
 from cnnlab.train.build import build_datamodule, build_module
 from cnnlab.train.checkpoint import load_checkpoint
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

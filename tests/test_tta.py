@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -16,13 +17,6 @@ from cnnlab.cli.common import restore_checked
 from cnnlab.config import CONF_DIR
 from cnnlab.data import tta
 from cnnlab.train.trained import build_prediction_datamodule, build_trained_module
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_views():

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cnnlab.cli.common import run_command
 from cnnlab.config import (
     CONF_DIR,
     GROUPS,
@@ -30,7 +31,7 @@ from cnnlab.config import (
     split_config_dirs,
     user_config_dirs,
 )
-from cnnlab.errors import ConfigError, file_write_error_in, report, user_message
+from cnnlab.errors import ConfigError, user_message
 from cnnlab.validate import validate
 
 # Set by `--trust` for this process and its DDP ranks: a continued run's saved config may name any target.
@@ -58,34 +59,27 @@ def main(args: list[str]) -> int:
     from cnnlab.runs.lock import release_all
 
     try:
-        config_dirs, args = split_config_dirs(args)
-        if args and args[0] in ("-h", "--help"):
-            # Hydra's own --help composes every group option (about a second); this lists the same at once.
-            from cnnlab.cli.listing import show
-
-            print(TRAIN_HELP + show([], user_config_dirs(config_dirs)), end="")
-            return 0
-        hydra_run(args, config_dirs)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        return run_command(_train, args)
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:
-        message = user_message(error)
-        if message is None:
-            written = file_write_error_in(error)
-            if written is None:
-                raise
-            report(str(written))
-            return 1
-        return report(message)
     finally:
         release_all()  # the run folder's lock goes with the command, however it ended
         if trust_before is None:  # --trust was for this command only (a notebook or test calls main again)
             os.environ.pop(TRUST_ENV, None)
         else:
             os.environ[TRUST_ENV] = trust_before
+
+
+def _train(args: list[str]) -> int:
+    config_dirs, args = split_config_dirs(args)
+    if args and args[0] in ("-h", "--help"):
+        # Hydra's own --help composes every group option (about a second); this lists the same at once.
+        from cnnlab.cli.listing import show
+
+        print(TRAIN_HELP + show([], user_config_dirs(config_dirs)), end="")
+        return 0
+    hydra_run(args, config_dirs)
     return 0
 
 

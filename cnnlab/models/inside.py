@@ -13,6 +13,7 @@ hooks, never by knowing a network's class:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,17 @@ class Stage:
 def _watch(model: nn.Module, images: Tensor) -> list[tuple[str, nn.Module, Tensor]]:
     """(name, module, output) of every module that returned a tensor, in the order they finished."""
     seen: list[tuple[str, nn.Module, Tensor]] = []
+    _forward_watched(model, images, {name for name, _ in model.named_modules() if name},
+                     lambda name, mod, output: seen.append((name, mod, output)))
+    return seen
+
+
+def _forward_watched(model: nn.Module, images: Tensor, names: set[str], note: Any) -> None:
+    """One eval-mode, no-grad forward pass calling note(name, module, output) for each named module that returns a
+    tensor; the model's mode and hooks are as before afterwards."""
     handles = [module.register_forward_hook(
-        lambda mod, _inputs, output, name=name: seen.append((name, mod, output)) if isinstance(output, Tensor)
-        else None) for name, module in model.named_modules() if name]
+        lambda mod, _inputs, output, name=name: note(name, mod, output) if isinstance(output, Tensor) else None)
+        for name, module in model.named_modules() if name in names]
     was_training = model.training
     model.eval()
     try:
@@ -43,7 +52,6 @@ def _watch(model: nn.Module, images: Tensor) -> list[tuple[str, nn.Module, Tenso
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return seen
 
 
 def conv_stages(model: nn.Module, images: Tensor) -> list[Stage]:
@@ -84,20 +92,9 @@ def find_layer(model: nn.Module, images: Tensor, name: str | None) -> Stage:
 
 def feature_maps(model: nn.Module, images: Tensor, stages: list[Stage]) -> dict[str, Tensor]:
     """Each stage's output for the images, (B, C, h, w), on the CPU."""
-    wanted = {stage.name for stage in stages}
     captured: dict[str, Tensor] = {}
-    handles = [module.register_forward_hook(
-        lambda _mod, _inputs, output, name=name: captured.__setitem__(name, output.detach().float().cpu().clone()))
-        for name, module in model.named_modules() if name in wanted]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    _forward_watched(model, images, {stage.name for stage in stages},
+                     lambda name, _mod, output: captured.__setitem__(name, output.detach().float().cpu().clone()))
     return captured
 
 
