@@ -100,17 +100,26 @@ def one_line(error: BaseException) -> str:
 
 
 class SweepSummary(Callback):
-    """Keeps the sweep summary current after every job, so it exists even when Hydra stops on a failed job."""
+    """Keeps the sweep summary current as jobs end (every job at first, then on a schedule that keeps its share of
+    the sweep's time small, and at once after a failed job), so it exists even when Hydra stops on a failure."""
 
-    def __init__(self, plot_every_jobs: int = 10, plot_every_s: float = 60.0) -> None:
+    def __init__(self, plot_every_jobs: int = 10, plot_every_s: float = 60.0, write_share: float = 0.05) -> None:
         self.errors: dict[Path, str] = {}
         self.cache = RunCache()
         self.plot_every_jobs, self.plot_every_s = plot_every_jobs, plot_every_s
         self.jobs, self.plotted_at = 0, 0.0
+        # The table is rebuilt from every run, so its cost grows with the sweep: after the first jobs it is
+        # rewritten only once the time since the last write is 1/write_share times what that write took (at most
+        # write_share of the sweep's time goes to it), at once after a failed job, and at the sweep's end.
+        self.write_share, self.written_at, self.write_cost = write_share, 0.0, 0.0
+
+    def _write_now(self, failed: bool) -> bool:
+        if failed or self.jobs <= self.plot_every_jobs:
+            return True
+        return time.time() - self.written_at >= self.write_cost / self.write_share
 
     def _plot_now(self) -> bool:
         """The curves are redrawn every `plot_every_jobs` jobs or `plot_every_s` seconds, and at the sweep's end."""
-        self.jobs += 1
         due = self.jobs % self.plot_every_jobs == 1 or time.time() - self.plotted_at >= self.plot_every_s
         if due:
             self.plotted_at = time.time()
@@ -129,9 +138,14 @@ class SweepSummary(Callback):
             self.errors[output_dir.resolve()] = one_line(job_return._return_value)
         try:
             sweep_dir = Path(hydra.sweep.dir)
-            self.cache.folders(sweep_dir)
+            self.cache.folders(sweep_dir)  # the runs already there (a resumed sweep), once; then only sorts
             self.cache.add(output_dir)
+            self.jobs += 1
+            if not self._write_now(job_return.status == JobStatus.FAILED):
+                return
+            started = time.time()
             write_sweep_summary(sweep_dir, self.errors, self.cache, plot=self._plot_now())
+            self.written_at, self.write_cost = time.time(), time.time() - started
         except Exception as error:  # a summary must never take the sweep down with it
             logging.getLogger(__name__).warning("sweep summary not written: %s", one_line(error))
 
