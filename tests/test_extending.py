@@ -109,6 +109,9 @@ def test_a_user_model_class_with_its_own_key_trains_and_evaluates(tmp_path: Path
     err = capsys.readouterr().err
     assert f"{user_package}.MyNet" in err and "--trust" in err and not (run / "eval").exists()
     assert main(["eval", str(run), "--trust"]) == 0
+    for command in (["export", str(run), "--format", "torchscript"], ["inspect", str(run)]):  # the same rule
+        assert main(command) == 2 and "--trust" in capsys.readouterr().err
+        assert main([*command, "--trust"]) == 0
     report = json.loads((run / "eval" / "best_test.json").read_text())
     assert report["samples"] == 24 and report["metrics"]["acc"] == pytest.approx(summary["test"]["test/acc"])
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import EXPORT_DIR
 from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module
@@ -52,13 +52,14 @@ def parser() -> Parser:
     parser.add_argument("--batch-size", type=int, default=1, help="the fixed batch size of the export (default 1)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest absolute difference allowed between the export and PyTorch (default 1e-4)")
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     _check_args(args)
-    restored = restore_checked(args.path)
+    restored = restore_checked(args.path, trust=args.trust)
     out = args.out or _default_out(restored, args.format)
     result = export(restored, args.format, out, opset=args.opset, dynamic_batch=args.dynamic_batch,
                     batch_size=args.batch_size, tolerance=args.tolerance)

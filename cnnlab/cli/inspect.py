@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cnnlab.cli.common import Parser, restore_checked
+from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.data.arrays import fit_images
 from cnnlab.data.images import image_files, read_image
 from cnnlab.errors import ConfigError
@@ -46,6 +46,7 @@ def parser() -> Parser:
     parser.add_argument("--wrong", type=int, default=18, help="how many wrong test images to show (default 18)")
     parser.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/inspect/)")
     parser.add_argument("--accelerator", help="cpu, gpu, auto... (default: the run's trainer.accelerator)")
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     return parser
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
     if args.wrong < 1:
         raise ConfigError("--wrong", args.wrong, "an integer >= 1")
     files = image_files(args.images) if args.images else []
-    restored = restore_checked(args.path)
+    restored = restore_checked(args.path, trust=args.trust)
     out_dir = args.out or (restored.run_dir or restored.checkpoint_path.parent) / INSPECT_DIR
     result = inspect(restored, out_dir, files, layer=args.layer, chosen_class=args.class_, wrong=args.wrong,
                      accelerator=args.accelerator)
