@@ -137,6 +137,9 @@ def cnnlab(*args: str, cwd: Path | None = None, env: dict | None = None,
 
 
 QUICK = ["progress_bar=none", "trainer.max_epochs=1"]
+# A run of a few steps on generated 8x8 images: for tests about what happens around training.
+TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
+        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
 
 
 def make_emnist_like(folder: Path, split: str = "balanced", classes: int = 47, train: int = 94, test: int = 47,
@@ -188,3 +191,13 @@ def run_cli(capsys: pytest.CaptureFixture, *args: Any) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished TINY run, one per test module."""
+    from cnnlab.cli import main
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *TINY, f"hydra.run.dir={run}"]) == 0
+    return run

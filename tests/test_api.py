@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cnnlab
+from conftest import REPO, TINY, cnnlab
 from PIL import Image
 
 import cnnlab as package
 from cnnlab.errors import ConfigError
-
-TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
-        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
 
 
 def test_import_stays_light_and_names_resolve():

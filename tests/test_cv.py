@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from omegaconf import OmegaConf
 
 from cnnlab.cli import main
 from cnnlab.data.datamodule import stratified_folds
-
-TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
-        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
 
 
 def test_stratified_folds_cover_every_sample_once_and_spread_each_class():

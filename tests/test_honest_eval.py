@@ -11,16 +11,6 @@ import pytest
 
 from cnnlab.cli import main
 
-TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
-        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("honest") / "run"
-    assert main(["train", *TINY, f"hydra.run.dir={run}"]) == 0
-    return run
-
 
 @pytest.mark.parametrize("override", ["model.activation=tanh", "model.hidden=[32]", "+model.extra=1",
                                       "loss.label_smoothing=0.3", "dataset.num_classes=4", "seeds.init=3"])

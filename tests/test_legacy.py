@@ -63,7 +63,7 @@ def test_old_interrupted_run_resumes_to_the_end(legacy: Path, capsys: pytest.Cap
     assert summary["resumed_from"]["step"] == 8
 
 
-def test_old_and_new_runs_compare_side_by_side(legacy: Path, capsys: pytest.CaptureFixture):
+def test_old_runs_compare_side_by_side(legacy: Path, capsys: pytest.CaptureFixture):
     assert main(["compare", str(legacy), "--format", "csv", "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 3  # a header and one row per run

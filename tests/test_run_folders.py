@@ -14,10 +14,7 @@ import pytest
 
 from cnnlab.runs.layout import LOCK_FILE
 from cnnlab.runs.lock import acquire, release
-from tests.conftest import cnnlab
-
-TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
-        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
+from tests.conftest import TINY, cnnlab
 
 
 def _files(folder: Path) -> dict[str, bytes]:

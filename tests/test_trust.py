@@ -13,17 +13,7 @@ import yaml
 
 from cnnlab.cli import main
 from cnnlab.config import target_allowed
-from tests.conftest import cnnlab
-
-TINY = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=96",
-        "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "trainer.max_epochs=1", "progress_bar=none"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("trust") / "run"
-    assert main(["train", *TINY, f"hydra.run.dir={run}"]) == 0
-    return run
+from tests.conftest import TINY, cnnlab
 
 
 class _Marker:
