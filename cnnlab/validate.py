@@ -56,6 +56,9 @@ def validate(cfg: Any) -> None:
     _check_run(cfg)
     _check_trainer(cfg.trainer)
     _check_monitor(cfg)
+    from cnnlab.train.executions import check as check_steps_per_execution
+
+    check_steps_per_execution(cfg)
 
     try:  # derived by resolvers (an image tree's classes, a label set): their user errors reach the user as such
         derived = {key: cfg.dataset.get(key) for key in ("channels", "num_classes", "image_size", "class_names")}

@@ -244,7 +244,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.runs.diagnosis import diagnose
     from cnnlab.runs.read import best_epoch, read_metrics
     from cnnlab.runs.write import write_summary
-    from cnnlab.train import environment, failures, resume
+    from cnnlab.train import environment, executions, failures, resume
     from cnnlab.train.build import build_datamodule, build_module, plain_config, summarize_model
     from cnnlab.train.callbacks import RunLog, run_callbacks
     from cnnlab.train.checkpoint import AtomicCheckpointIO
@@ -286,6 +286,10 @@ def run(cfg: DictConfig) -> float | None:
     )
     environment.set_threads(cfg.get("threads"))
     environment.compile_model(module, cfg.get("compile"), on_gpu=trainer.strategy.root_device.type == "cuda")
+    # steps_per_execution: K optimizer steps per Lightning step (auto measures the model's step here)
+    steps_per_call, step_seconds = executions.resolve(cfg, module, datamodule, trainer.strategy.root_device,
+                                                      resumed, world_size=trainer.world_size)
+    executions.install(trainer, module, datamodule, steps_per_call)
     summary: dict[str, Any] = {
         "status": "running", "error": None, "choices": choices, "overrides": _overrides(), "monitor": cfg.monitor,
         "mode": mode, "params": params, "split_sizes": datamodule.split_sizes(), "seed": cfg.seed,
@@ -296,6 +300,9 @@ def run(cfg: DictConfig) -> float | None:
         # The user's config folders this run was composed from: `resume=` searches them again by itself.
         "config_dirs": config_folders_of(HydraConfig.get().runtime.config_sources), "workdir": str(Path.cwd()),
     }
+    summary["speed"]["steps_per_execution"] = steps_per_call if not module.automatic_optimization else 1
+    if step_seconds is not None:
+        summary["speed"]["step_ms"] = round(step_seconds * 1000, 3)  # auto's measurement of one forward/backward
     if cfg.get("cv") and cfg.cv.get("folds"):
         summary["cv"] = {"folds": cfg.cv.folds, "fold": cfg.cv.fold}
     if resumed is not None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from cnnlab.data import folders
 from cnnlab.data.arrays import Arrays, fit_images
 from cnnlab.data.augment import Augmentation
+from cnnlab.data.chunks import Chunk, ChunkedLoader
 from cnnlab.data.folders import FileDataset, ImageFiles, check_batch, collate
 from cnnlab.errors import ConfigError
 
@@ -197,6 +198,10 @@ class ImageDataModule(pl.LightningDataModule):
         # positions in the training set (after any test hold-out) of the train and val splits
         self.split_indices: dict[str, Tensor] = {}
         self.mean = self.std = None
+        # steps_per_execution (cnnlab/train/executions.py sets these on a manually optimised run): training batches
+        # come in chunks of steps_per_call, the first train_limit batches of each epoch (limit_train_batches).
+        self.steps_per_call: int | None = None
+        self.train_limit: int | float | None = None
 
     # ------------------------------------------------------------ loading and splitting
     def _fit(self, images: Tensor | ImageFiles) -> Tensor | ImageFiles:
@@ -318,8 +323,11 @@ class ImageDataModule(pl.LightningDataModule):
             self._device_splits[split] = (images.to(device), labels.to(device))
         return self._device_splits[split]
 
-    def train_dataloader(self) -> InMemoryLoader | StreamingLoader:
-        return self._loader("train", shuffle=self.shuffle)
+    def train_dataloader(self) -> InMemoryLoader | StreamingLoader | ChunkedLoader:
+        loader = self._loader("train", shuffle=self.shuffle)
+        if self.steps_per_call is not None:
+            return ChunkedLoader(loader, self.steps_per_call, self.train_limit)
+        return loader
 
     def val_dataloader(self) -> InMemoryLoader | StreamingLoader:
         return self._loader("val", shuffle=False)
@@ -361,7 +369,9 @@ class ImageDataModule(pl.LightningDataModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """(images, labels) to the device, non-blocking from pinned memory on a GPU; nothing to do when they are
         there already (data_on_device, CPU runs). Lightning's generic version walks the batch's structure at every
-        step (~40 us)."""
+        step (~40 us). A Chunk (steps_per_execution) passes as it is: the module moves each of its batches."""
+        if isinstance(batch, Chunk):
+            return batch
         images, labels = batch
         if images.device == device:
             return images, labels
@@ -369,6 +379,8 @@ class ImageDataModule(pl.LightningDataModule):
         return images.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Chunk):  # its batches come here one by one, as the module takes them
+            return batch
         images, labels = batch
         if images.is_floating_point():  # cut from a split normalised up front (_normalized_up_front)
             return images, labels

@@ -15,6 +15,7 @@ from cnnlab.data.datamodule import ImageDataModule
 from cnnlab.errors import ConfigError
 from cnnlab.machine import worker_count
 from cnnlab.models import knobs
+from cnnlab.train.executions import manual as manual_steps
 from cnnlab.train.losses import HEADS, Objective, WrappedLoss
 from cnnlab.train.module import ClassifierModule
 
@@ -270,6 +271,7 @@ def build_module(cfg: DictConfig, model: nn.Module | None = None) -> ClassifierM
         config=plain_config(cfg),
         channels_last=cfg.get("channels_last", False),
         ema=cfg.get("ema"),
+        manual_steps=manual_steps(cfg),
     )
 
 

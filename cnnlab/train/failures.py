@@ -23,6 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from cnnlab.data.chunks import Chunk
 from cnnlab.errors import FileWriteError, file_write_error_in, report, user_message
 from cnnlab.runs.layout import SUMMARY_FILE, last_checkpoint, shown
 from cnnlab.runs.read import best_epoch, read_metrics, read_summary
@@ -57,8 +58,15 @@ class FiniteLossGuard(pl.Callback):
         if loss is None:
             return
         self.scale = trainer.accumulate_grad_batches
-        self.losses.append(loss.detach())
-        self.pending.append((trainer.global_step, trainer.current_epoch + 1, batch_idx + 1))
+        if isinstance(batch, Chunk):  # steps_per_execution: one loss per step of the chunk, the last at global_step
+            count = len(loss)
+            for offset in range(count):
+                self.losses.append(loss[offset])
+                self.pending.append((trainer.global_step - count + offset + 1, trainer.current_epoch + 1,
+                                     batch.first + offset + 1))
+        else:
+            self.losses.append(loss.detach())
+            self.pending.append((trainer.global_step, trainer.current_epoch + 1, batch_idx + 1))
         if len(self.pending) >= self.check_every or batch_idx + 1 >= trainer.num_training_batches:
             self.check()
 
@@ -98,10 +106,13 @@ class FaultInjection(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        step = trainer.global_step + 1  # the step about to run, counted from 1
-        if step == self.signal_at_step:
+        # The steps about to run, counted from 1: one, or a chunk's (steps_per_execution, whose faults land at the
+        # chunk's start: a signal is answered between chunks anyway).
+        first = trainer.global_step + 1
+        steps = range(first, first + (len(batch) if isinstance(batch, Chunk) else 1))
+        if self.signal_at_step in steps:
             os.kill(os.getpid(), signal.Signals[self.signal_name])
-        if step == self.nan_at_step:
+        if self.nan_at_step in steps:
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(math.nan)
 

@@ -68,7 +68,7 @@ class EpochMeans(Metric):
 class LearningRates(pl.Callback):
     """The lr of every parameter group at every optimizer step, in TensorBoard under the tags of optim.lr_tags.
 
-    Lightning's LearningRateMonitor sends each step's lr through the loggers as the step begins, which cost ~0.3 ms a
+    Lightning's LearningRateMonitor sends each step's lr through the loggers as the batch begins, which cost ~0.3 ms a
     step (the largest per-step cost next to a small model's own work). This reads the rates into a list and hands
     them to the loggers every `flush_every` steps, at each epoch's end, before a checkpoint is written and when
     training stops or fails, so TensorBoard ends up with the same points.
@@ -80,14 +80,15 @@ class LearningRates(pl.Callback):
         self.pending: list[tuple[int, list[float]]] = []  # (step, lr of each group) not yet written
         self.last_step = -1
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        # Once per optimizer step (after gradient accumulation, and for each of several steps in one Lightning
+        # step: steps_per_execution), before the schedulers move on: the rate this step uses.
         step = trainer.global_step
-        if step == self.last_step:  # gradient accumulation: several batches, one optimizer step
+        if step == self.last_step:  # a second optimizer of the same step: recorded with the first
             return
         self.last_step = step
         optimizers = trainer.optimizers
-        self.pending.append((step, [group["lr"] for optimizer in optimizers for group in optimizer.param_groups]))
+        self.pending.append((step, [group["lr"] for each in optimizers for group in each.param_groups]))
         if len(self.pending) >= self.flush_every:
             self.flush(trainer)
 

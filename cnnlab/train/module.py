@@ -7,6 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.optim import lr_scheduler
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -20,6 +21,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from cnnlab.data.chunks import Chunk
 from cnnlab.data.tta import views
 from cnnlab.train.ema import build_ema, ema_enabled
 from cnnlab.train.fastpaths import EpochMeans, LeanSteps
@@ -68,8 +70,16 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
 
     def __init__(self, model: nn.Module, objective: Objective, num_classes: int, optimizer: Any,
                  scheduler: Any, monitor: str = "val/acc", mode: str = "max", config: dict | None = None,
-                 channels_last: bool = False, ema: Any = None):
+                 channels_last: bool = False, ema: Any = None, manual_steps: bool = False):
         super().__init__()
+        # steps_per_execution (cnnlab/train/executions.py): with manual_steps, each training step takes a Chunk of
+        # steps_per_call batches and makes one optimizer step for each (executions.install sets the count and the
+        # gradient clipping, which Lightning leaves to a manually optimised module).
+        self.automatic_optimization = not manual_steps
+        self.steps_per_call = 1
+        self.clip: tuple[float | None, Any] = (None, None)
+        self.schedules: list[dict[str, Any]] = []  # the lr-scheduler configs of configure_optimizers
+        self._plateau_due = False  # a ReduceLROnPlateau step waits for the validation that follows its batch
         self.model, self.objective, self.num_classes = model, objective, num_classes
         # NHWC memory layout for convolutions (faster on GPUs with tensor cores, and with bf16); same numbers.
         self.channels_last = channels_last
@@ -131,10 +141,78 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
             return (labels >= 0.5).long()
         return labels.argmax(1) if labels.ndim == 2 else labels
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor] | Chunk, batch_idx: int) -> Any:
+        if isinstance(batch, Chunk):
+            return self._chunk_steps(batch)
         loss, probs, targets = self._step(batch)
         self.train_means.update(loss, probs, targets)
         return loss
+
+    def _chunk_steps(self, chunk: Chunk) -> dict[str, Tensor]:
+        """One optimizer step for each batch of the chunk, each as Lightning's automatic optimisation makes it: the
+        batch through Lightning's per-batch path (input conversion, device, normalisation and augmentation), the
+        loss, zero_grad, backward (scaled under mixed precision), the optimizer step (clipping, in
+        on_before_optimizer_step, and the loss scaler's unscale and update inside it), the moving average, then the
+        step-interval schedules. Stops at trainer.max_steps without drawing the chunk's remaining batches.
+        Returns the chunk's per-step losses as {"loss": (steps,)} for the callbacks (FiniteLossGuard)."""
+        trainer = self.trainer
+        optimizer = self.optimizers()
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            chunk.size = max(0, min(chunk.size, trainer.max_steps - trainer.global_step))
+        batches_per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
+        losses = []
+        for offset, raw in enumerate(chunk):
+            batch = trainer.precision_plugin.convert_input(raw)
+            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            loss, probs, targets = self._step(batch)
+            self.train_means.update(loss, probs, targets)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            losses.append(loss.detach())
+            index = chunk.first + offset  # the batch's place in the epoch, as Lightning's batch_idx counts it
+            self._step_schedules(index, last=batches_per_epoch is not None and index + 1 == batches_per_epoch)
+        return {"loss": torch.stack(losses) if losses else torch.zeros(0, device=self.device)}
+
+    def _step_schedules(self, batch_index: int, last: bool) -> None:
+        """Lightning's schedule stepping after batch `batch_index` of the epoch (which manual optimisation leaves to
+        the module): a step-interval schedule every `frequency` batches, an epoch-interval one after the epoch's
+        last batch; ReduceLROnPlateau waits for the validation that follows (on_validation_end)."""
+        for config in self.schedules:
+            frequency = config.get("frequency", 1)
+            if config.get("interval", "epoch") == "step":
+                due = (batch_index + 1) % frequency == 0
+            else:
+                due = last and (self.trainer.current_epoch + 1) % frequency == 0
+            if not due:
+                continue
+            if isinstance(config["scheduler"], lr_scheduler.ReduceLROnPlateau):
+                self._plateau_due = True
+            else:
+                self.lr_scheduler_step(config["scheduler"], None)
+
+    def _step_plateaus(self) -> None:
+        if not self._plateau_due:
+            return
+        self._plateau_due = False
+        for config in self.schedules:
+            if isinstance(config["scheduler"], lr_scheduler.ReduceLROnPlateau):
+                value = self.trainer.callback_metrics.get(config["monitor"])
+                if value is not None:
+                    self.lr_scheduler_step(config["scheduler"], value)
+
+    def on_validation_end(self) -> None:
+        if not self.automatic_optimization and not self.trainer.sanity_checking:
+            self._step_plateaus()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Manual optimisation: clip where Lightning's automatic optimisation does, after the loss scaler's unscale
+        # and the callbacks' on_before_optimizer_step (which see the gradients unclipped, as they do there).
+        if not self.automatic_optimization and self.clip[0]:
+            self.configure_gradient_clipping(optimizer, self.clip[0], self.clip[1])
 
     def epoch_train_metrics(self) -> dict[str, Tensor]:
         """The training loss and accuracy of the epoch so far (reduced over DDP ranks by the metrics)."""
@@ -143,6 +221,8 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         return {f"train/{name}": value for name, value in self.train_means.compute().items()}
 
     def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            self._step_plateaus()  # no validation ran after the plateau's batch: the last value it logged
         for name, value in self.epoch_train_metrics().items():
             self.log(name, value)
         self.train_means.reset()
@@ -211,8 +291,15 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_cfg, self.model)
         schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))
+        # Manual optimisation (steps_per_execution) steps them itself (_step_schedules); Lightning keeps them in
+        # checkpoints, and would only warn about the keys it does not use then.
+        self.schedules = schedulers
+        if not self.automatic_optimization:
+            schedulers = [{k: v for k, v in c.items() if k not in ("monitor", "strict")} for c in schedulers]
         return ([optimizer], schedulers) if schedulers else optimizer
 
     # ------------------------------------------------------------ checkpoints carry the config as plain data
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {"config": self.config, "num_classes": self.num_classes}
+        if not self.automatic_optimization:  # the run's K, kept on resume so that its chunks line up
+            checkpoint["cnnlab"]["steps_per_execution"] = self.steps_per_call

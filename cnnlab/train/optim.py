@@ -55,6 +55,12 @@ class RunLength:
         if trainer.train_dataloader is None:  # max_epochs=-1: the estimate returned without loading the data
             trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches
+        per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
+        if per_epoch is not None:  # steps_per_execution: Lightning counts chunks; a step is a batch
+            batches = per_epoch
+            if math.isfinite(total) and trainer.max_epochs not in (None, -1):
+                total = per_epoch * max(trainer.max_epochs, 1)
+                total = min(total, trainer.max_steps) if trainer.max_steps != -1 else total
         batches = int(batches) if math.isfinite(batches) else 1
         return cls(total_steps=int(total) if math.isfinite(total) else None,
                    steps_per_epoch=math.ceil(batches / trainer.accumulate_grad_batches),

@@ -29,6 +29,7 @@ from cnnlab.runs.layout import CHECKPOINT_DIR, LAST, RUN_HYDRA, RUN_OVERRIDES, S
 from cnnlab.runs.read import read_metrics, read_summary
 from cnnlab.runs.write import write_metrics
 from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.executions import check_resume
 
 # Keys a resumed run may change: how long it trains, where and how fast, what it prints and whether it tests at the end.
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.accelerator", "trainer.devices", "progress_bar",
@@ -163,7 +164,9 @@ def load_for_resume(cfg: Any, config: dict[str, Any]) -> dict[str, Any] | None:
     if path is None:
         return None
     checkpoint = load_checkpoint(path)
-    check_same_config(config, upgrade(checkpoint["cnnlab"]["config"]), str(path))
+    saved = upgrade(checkpoint["cnnlab"]["config"])
+    check_same_config(config, saved, str(path))
+    check_resume(cfg, saved, str(path))  # also for runs saved before steps_per_execution existed
     return checkpoint
 
 

@@ -1,0 +1,250 @@
+"""steps_per_execution: K optimizer steps per Lightning step are the same steps as K=1, to the bit."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, cnnlab
+
+from cnnlab.cli import main
+from cnnlab.data.chunks import Chunk, ChunkedLoader, limited_batches
+from cnnlab.data.datamodule import InMemoryLoader
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.executions import CALL_SHARE, LIGHTNING_CALL_S, MAX_STEPS, steps_for
+
+# 200 images, 180 to train on in batches of 16: 12 steps an epoch, the last one short (4 images); dropout draws
+# from the global generator between the augmentation's draws, so a change in their order would show.
+RUN = ["dataset=synthetic", "dataset.image_size=8", "dataset.num_classes=3", "dataset.source.num_train=200",
+       "dataset.source.num_test=24", "model=mlp", "model.hidden=[16]", "model.dropout=0.2", "batch_size=16",
+       "trainer.max_epochs=2", "trainer.deterministic=true", "progress_bar=none", "test=false"]
+
+
+def train(run: Path, *overrides: str) -> dict:
+    assert main(["train", *RUN, *overrides, f"hydra.run.dir={run}"]) == 0
+    return load_checkpoint(run / "checkpoints" / "last.ckpt")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(handle)]
+
+
+def lr_points(run: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.startswith("lr-")]
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+# ------------------------------------------------------------------ the same steps as K=1
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["scheduler=exp_decay", "scheduler.decay_steps=5"],
+    ["scheduler=onecycle", "scheduler.warmup_steps=4", "trainer.gradient_clip_val=0.05", "loss.label_smoothing=0.1",
+     "augmentation=mixup"],
+    ["scheduler=cosine", "augmentation=flip", "ema.enabled=true", "ema.decay=0.9",
+     "trainer.gradient_clip_val=0.5", "+trainer.gradient_clip_algorithm=value"],
+    ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", "trainer.max_epochs=4",
+     "optimizer.lr=0.5"],
+], ids=["exp_decay", "onecycle-clip-smoothing-mixup", "cosine-ema-clip_value", "plateau"])
+def test_four_steps_per_call_give_the_weights_of_one(tmp_path: Path, overrides: list[str]):
+    one = train(tmp_path / "k1", *overrides)
+    four = train(tmp_path / "k4", "steps_per_execution=4", *overrides)
+    assert one["global_step"] == 24 * (2 if "trainer.max_epochs=4" in overrides else 1)
+    assert_same_weights(one, four)
+    assert one["optimizer_states"][0]["param_groups"][0]["lr"] == four["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert rows(tmp_path / "k1") == rows(tmp_path / "k4")  # epoch metrics and the lr column
+    assert lr_points(tmp_path / "k1") == lr_points(tmp_path / "k4")
+    summary = json.loads((tmp_path / "k4" / "summary.json").read_text())
+    assert summary["speed"]["steps_per_execution"] == 4
+    assert load_checkpoint(tmp_path / "k4" / "checkpoints" / "last.ckpt")["cnnlab"]["steps_per_execution"] == 4
+    if "scheduler=plateau" in overrides:  # the plateau did act, after validation, at the same epochs
+        lrs = {float(row["lr"]) for row in rows(tmp_path / "k4")}
+        assert len(lrs) > 1
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_one_lr_point_per_optimizer_step(tmp_path: Path):
+    run = tmp_path / "run"
+    train(run, "steps_per_execution=5", "scheduler=exp_decay", "scheduler.decay_rate=0.5", "scheduler.decay_steps=3",
+          "optimizer.lr=0.01")
+    points = lr_points(run)
+    assert [step for step, _ in points] == list(range(24))  # 12 steps an epoch, in calls of 5, 5 and 2
+    for step, lr in points:  # exp_decay: the lr step s uses is lr * rate ** (s / decay_steps)
+        assert lr == pytest.approx(0.01 * 0.5 ** (step / 3), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_max_steps_not_a_multiple_of_k_stops_there(tmp_path: Path):
+    run = tmp_path / "run"
+    checkpoint = train(run, "trainer.max_steps=10", "steps_per_execution=4")
+    assert checkpoint["global_step"] == 10
+    assert json.loads((run / "summary.json").read_text())["steps"] == 10
+    assert_same_weights(checkpoint, train(tmp_path / "k1", "trainer.max_steps=10"))
+    # The third call took 2 of its 4 batches and left the other two undrawn: the loader stands at batch 10.
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("ResumeState")]
+    assert state["train_loader"] == {"epoch": 0, "batches_done": 10}
+
+
+@pytest.mark.slow
+def test_an_interrupt_lands_between_calls_and_resumes_to_the_same_weights(tmp_path: Path):
+    args = [*RUN, "steps_per_execution=4", "scheduler=exp_decay", "augmentation=flip"]
+    reference = tmp_path / "reference"
+    assert main(["train", *args, f"hydra.run.dir={reference}"]) == 0
+    run = tmp_path / "run"
+    result = cnnlab("train", *args, "fault_injection.signal_at_step=14", f"hydra.run.dir={run}")
+    assert result.returncode == 143, result.stderr
+    # Step 14 is in the call of steps 13-16 (epoch 2 begins at 13): the stop comes after it, mid-epoch.
+    assert "interrupted by SIGTERM at epoch 2, step 16" in result.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 16
+    assert main(["train", f"resume={run}"]) == 0
+    assert_same_weights(load_checkpoint(run / "checkpoints" / "last.ckpt"),
+                        load_checkpoint(reference / "checkpoints" / "last.ckpt"))
+    assert rows(run) == rows(reference)
+    assert lr_points(run) == lr_points(reference)
+
+
+@pytest.mark.slow
+def test_limit_train_batches_counts_batches_not_calls(tmp_path: Path):
+    one = train(tmp_path / "k1", "trainer.limit_train_batches=5")
+    three = train(tmp_path / "k3", "trainer.limit_train_batches=5", "steps_per_execution=3")
+    assert one["global_step"] == 10
+    assert_same_weights(one, three)
+    half = train(tmp_path / "half", "trainer.limit_train_batches=0.5", "steps_per_execution=4")
+    assert half["global_step"] == 12  # int(12 * 0.5) a epoch, as Lightning counts a fraction
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_in_a_call_names_its_step(tmp_path: Path, capfd: pytest.CaptureFixture):
+    run = tmp_path / "run"
+    code = main(["train", *RUN, "steps_per_execution=4", "fault_injection.nan_at_step=7", f"hydra.run.dir={run}"])
+    err = capfd.readouterr().err
+    assert code == 1
+    # The weights break as the call holding step 7 begins (steps 5-8): its first step is the first bad one.
+    assert "non-finite training loss at step 5 (epoch 1, batch 5); the last finite loss was" in err
+    assert "at step 4" in err
+
+
+@pytest.mark.slow
+def test_auto_measures_the_step_and_records_its_choice(tmp_path: Path):
+    run = tmp_path / "run"
+    auto = train(run, "steps_per_execution=auto", "trainer.max_epochs=1")
+    speed = json.loads((run / "summary.json").read_text())["speed"]
+    assert speed["step_ms"] > 0  # the machine's speed decides K: only its agreement with the rule is fixed
+    assert speed["steps_per_execution"] == steps_for(speed["step_ms"] / 1000)
+    assert auto["cnnlab"]["steps_per_execution"] == speed["steps_per_execution"]
+    assert_same_weights(auto, train(tmp_path / "k1", "trainer.max_epochs=1"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds, expected", [(2e-4, steps_for(2e-4)), (0.5, 1)])
+def test_auto_takes_many_steps_for_a_fast_model_and_one_for_a_slow_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        seconds: float, expected: int):
+    import cnnlab.train.executions as executions
+
+    monkeypatch.setattr(executions, "measure_step", lambda *args, **kwargs: seconds)
+    run = tmp_path / "run"
+    checkpoint = train(run, "steps_per_execution=auto", "trainer.max_epochs=1")
+    assert json.loads((run / "summary.json").read_text())["speed"]["steps_per_execution"] == expected
+    assert checkpoint["cnnlab"]["steps_per_execution"] == expected and checkpoint["global_step"] == 12
+    assert expected == 1 or expected > 12  # one call for the whole 12-step epoch
+
+
+# ------------------------------------------------------------------ refusals
+
+@pytest.mark.parametrize("overrides, message", [
+    (["steps_per_execution=0"], "steps_per_execution=0 is not allowed: auto or an integer >= 1"),
+    (["steps_per_execution=fast"], "steps_per_execution='fast' is not allowed: auto or an integer >= 1"),
+    (["steps_per_execution=4", "trainer.accumulate_grad_batches=2"],
+     "steps_per_execution=4 does not combine with trainer.accumulate_grad_batches=2"),
+    (["steps_per_execution=4", "+trainer.val_check_interval=6"],
+     "steps_per_execution=4 does not divide trainer.val_check_interval=6"),
+])
+def test_bad_settings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], message: str):
+    code = main(["train", *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_a_resume_may_not_switch_between_one_and_several_steps(tmp_path: Path, capsys: pytest.CaptureFixture):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}"]) == 0
+    capsys.readouterr()
+    code = main(["train", f"resume={run}", "trainer.max_epochs=2", "steps_per_execution=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "steps_per_execution=4: a resumed run keeps its saved config" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_saved_before_the_setting_existed_keeps_one_step(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.train.executions import check_resume
+
+    saved = {"trainer": {"accumulate_grad_batches": 1}}  # no steps_per_execution key: a 0.2-era run
+    check_resume(OmegaConf.create({"steps_per_execution": 1, "trainer": {}}), saved, "old.ckpt")
+    with pytest.raises(ConfigError, match="steps_per_execution=auto differs from the 1 that old.ckpt"):
+        check_resume(OmegaConf.create({"steps_per_execution": "auto", "trainer": {}}), saved, "old.ckpt")
+
+
+# ------------------------------------------------------------------ pieces
+
+def test_auto_keeps_lightnings_call_under_its_share():
+    for step in (1e-5, 1e-4, 3e-4, 1e-3, 3e-3):
+        k = steps_for(step)
+        assert k == MAX_STEPS or LIGHTNING_CALL_S / (k * step + LIGHTNING_CALL_S) <= CALL_SHARE + 1e-9
+        assert k == 1 or LIGHTNING_CALL_S / ((k - 1) * step + LIGHTNING_CALL_S) > CALL_SHARE  # the smallest such K
+    assert steps_for(0.05) == 1  # a long step: Lightning's call is lost in it
+    assert steps_for(1e-7) == MAX_STEPS
+
+
+def test_chunks_cover_the_epoch_in_order_and_resume_by_batches():
+    images, labels = torch.arange(100).view(100, 1, 1, 1).to(torch.uint8), torch.arange(100)
+    inner = InMemoryLoader(images, labels, batch_size=10, shuffle=True, seed=3)
+    expected = [batch[1].tolist() for batch in InMemoryLoader(images, labels, batch_size=10, shuffle=True, seed=3)]
+    loader = ChunkedLoader(inner, steps=4)
+    assert len(loader) == 3 and loader.batches_per_epoch == 10
+    assert [(c.first, c.size, len(list(c))) for c in loader] == [(0, 4, 4), (4, 4, 4), (8, 2, 2)]
+    # a chunk is lazy: drawn as the chunks are consumed one after another, like Lightning does
+    inner = InMemoryLoader(images, labels, batch_size=10, shuffle=True, seed=3)
+    taken = [batch[1].tolist() for chunk in ChunkedLoader(inner, steps=4) for batch in chunk]
+    assert taken == expected
+    # stopping after 6 batches (a call cut short by max_steps) leaves the loader at batch 6
+    inner = InMemoryLoader(images, labels, batch_size=10, shuffle=True, seed=3)
+    chunked = ChunkedLoader(inner, steps=4)
+    iterator = iter(chunked)
+    list(next(iterator))
+    second = next(iterator)
+    second.size = 2
+    list(second)
+    assert chunked.state_dict() == {"epoch": 0, "batches_done": 6}
+    resumed = ChunkedLoader(InMemoryLoader(images, labels, batch_size=10, shuffle=True, seed=3), steps=4)
+    resumed.load_state_dict(chunked.state_dict())
+    rest = [batch[1].tolist() for chunk in resumed for batch in chunk]
+    assert rest == expected[6:]
+
+
+def test_a_limited_epoch_ends_at_its_limit():
+    images, labels = torch.zeros(100, 1, 1, 1, dtype=torch.uint8), torch.arange(100)
+    loader = ChunkedLoader(InMemoryLoader(images, labels, batch_size=10, shuffle=False), steps=4, limit=5)
+    assert [len(list(chunk)) for chunk in loader] == [4, 1]
+    loader.load_state_dict({"epoch": 0, "batches_done": 5})  # saved at the (limited) epoch's end
+    assert [(c.first, len(list(c))) for c in loader] == [(0, 4), (4, 1)] and loader.loader.epoch == 2
+    assert limited_batches(12, 0.5) == 6 and limited_batches(12, 0.01) == 1 and limited_batches(12, 40) == 12
+    assert isinstance(next(iter(loader)), Chunk)
