@@ -110,8 +110,8 @@ def steps_for(step_seconds: float) -> int:
 
 def measure_step(module: Any, datamodule: Any, device: torch.device, repeats: int = 5) -> float | None:
     """Seconds of a forward and backward pass of the model on one training batch (normalised, not augmented): the
-    fastest of `repeats`, the least disturbed by other work; None when the training split streams from disk. The weights' gradients, the buffers (BatchNorm statistics)
-    and every random generator are put back as they were."""
+    fastest of `repeats`, the least disturbed by other work; None when the training split streams from disk. The
+    weights' gradients, the buffers (BatchNorm statistics) and every random generator are put back as they were."""
     images, labels = datamodule.splits["train"]
     if not isinstance(images, torch.Tensor):
         return None
