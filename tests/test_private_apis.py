@@ -26,6 +26,10 @@ PRIVATE = [
     ("pytorch_lightning.callbacks", "TQDMProgressBar._leave",
      "cnnlab.train.callbacks: the tqdm bar counts epochs from 1 (its on_train_epoch_start, redone)"),
     ("hydra.core.utils", "JobReturn._return_value", "cnnlab.runs.sweeps: the error a failed sweep job raised"),
+    ("pytorch_lightning", "LightningModule._on_before_batch_transfer",
+     "cnnlab.train.module: steps_per_execution takes each batch of a chunk through Lightning's per-batch path"),
+    ("pytorch_lightning.loops", "_TrainingEpochLoop._batches_that_stepped",
+     "cnnlab.train.module: steps_per_execution counts the loggers' step once per optimizer step, not per call"),
 ]
 
 

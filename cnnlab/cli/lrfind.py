@@ -48,7 +48,7 @@ def run(args: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
+    module = build_module(cfg, manual=False)  # Lightning's lr finder steps the optimizer itself, batch by batch
     # One forward pass, as `train` does: the input-size check for any class (and lazy layers get their shapes).
     summarize_model(module.model, cfg, module.objective.output_units(cfg.dataset.num_classes,
                                                                       cfg.dataset.get("multilabel", False)))

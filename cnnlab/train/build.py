@@ -259,7 +259,9 @@ def build_datamodule(cfg: DictConfig) -> ImageDataModule:
     )
 
 
-def build_module(cfg: DictConfig, model: nn.Module | None = None) -> ClassifierModule:
+def build_module(cfg: DictConfig, model: nn.Module | None = None, manual: bool | None = None) -> ClassifierModule:
+    """The LightningModule of a config; `manual`: its steps_per_execution optimisation (default: what the config
+    asks; False for Lightning's own loops over plain batches, such as the lr finder)."""
     return ClassifierModule(
         model=model if model is not None else build_model(cfg),
         objective=build_objective(cfg),
@@ -271,7 +273,7 @@ def build_module(cfg: DictConfig, model: nn.Module | None = None) -> ClassifierM
         config=plain_config(cfg),
         channels_last=cfg.get("channels_last", False),
         ema=cfg.get("ema"),
-        manual_steps=manual_steps(cfg),
+        manual_steps=manual_steps(cfg) if manual is None else manual,
     )
 
 

@@ -175,6 +175,11 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
             losses.append(loss.detach())
             index = chunk.first + offset  # the batch's place in the epoch, as Lightning's batch_idx counts it
             self._step_schedules(index, last=batches_per_epoch is not None and index + 1 == batches_per_epoch)
+        if losses:
+            # Lightning counts the steps its loggers see (the x axis of every logged metric) once per call, after
+            # the callbacks' on_train_batch_end: count each optimizer step of the chunk, before those callbacks (one
+            # may save a checkpoint), so that curves and checkpoints line up with K=1's.
+            trainer.fit_loop.epoch_loop._batches_that_stepped += len(losses) - 1
         return {"loss": torch.stack(losses) if losses else torch.zeros(0, device=self.device)}
 
     def _step_schedules(self, batch_index: int, last: bool) -> None:
