@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, cnnlab
+from conftest import TINY, cnnlab, make_image_folder
 
 from cnnlab.cli import main
 from cnnlab.data.chunks import Chunk, ChunkedLoader, limited_batches
@@ -65,7 +65,8 @@ def lr_points(run: Path) -> list[tuple[int, float]]:
      "trainer.gradient_clip_val=0.5", "+trainer.gradient_clip_algorithm=value"],
     ["scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5", "trainer.max_epochs=4",
      "optimizer.lr=0.5"],
-], ids=["exp_decay", "onecycle-clip-smoothing-mixup", "cosine-ema-clip_value", "plateau"])
+    ["trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.05", "scheduler=exp_decay"],
+], ids=["exp_decay", "onecycle-clip-smoothing-mixup", "cosine-ema-clip_value", "plateau", "bf16-clip"])
 def test_four_steps_per_call_give_the_weights_of_one(tmp_path: Path, overrides: list[str]):
     one = train(tmp_path / "k1", *overrides)
     four = train(tmp_path / "k4", "steps_per_execution=4", *overrides)
@@ -170,6 +171,70 @@ def test_auto_takes_many_steps_for_a_fast_model_and_one_for_a_slow_one(tmp_path:
     assert expected == 1 or expected > 12  # one call for the whole 12-step epoch
 
 
+@pytest.mark.slow
+def test_an_image_tree_streamed_from_disk_takes_k_batches_from_its_loader(tmp_path: Path):
+    root = make_image_folder(tmp_path / "pets", per_class=24)
+    args = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=16", "dataset.source.cache=false",
+            "num_workers=0", "model=mlp", "model.hidden=[8]", "batch_size=4", "trainer.max_epochs=2",
+            "trainer.deterministic=true", "progress_bar=none", "test=false"]
+    one, three = tmp_path / "k1", tmp_path / "k3"
+    assert main(["train", *args, f"hydra.run.dir={one}"]) == 0
+    assert main(["train", *args, "steps_per_execution=3", f"hydra.run.dir={three}"]) == 0
+    assert_same_weights(load_checkpoint(one / "checkpoints" / "last.ckpt"),
+                        load_checkpoint(three / "checkpoints" / "last.ckpt"))
+    auto = tmp_path / "auto"
+    assert main(["train", *args, "steps_per_execution=auto", f"hydra.run.dir={auto}"]) == 0
+    assert json.loads((auto / "summary.json").read_text())["speed"]["steps_per_execution"] == 1  # decoding dominates
+
+
+HOOK_COUNTER = """
+import json
+import pathlib
+
+import pytorch_lightning as pl
+import torch
+
+
+class Hooks(pl.Callback):
+    # Records every per-step hook call and what it sees: one call per optimizer step, whatever K.
+    def __init__(self):
+        self.seen = []
+
+    def on_before_backward(self, trainer, module, loss):
+        self.seen.append(("before_backward", trainer.global_step, bool(loss.requires_grad)))
+
+    def on_after_backward(self, trainer, module):
+        grad = next(module.parameters()).grad
+        self.seen.append(("after_backward", trainer.global_step, grad is not None))
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.seen.append(("before_optimizer_step", trainer.global_step, isinstance(optimizer, torch.optim.Adam)))
+
+    def on_train_end(self, trainer, module):
+        pathlib.Path(trainer.default_root_dir, "hooks.json").write_text(json.dumps(self.seen))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # the lean path, and Lightning's own
+def test_a_users_callback_sees_every_step_hook_once_per_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             precision: str):
+    package = tmp_path / "src" / "myhooks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(HOOK_COUNTER)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    seen = {}
+    for k in (1, 4):
+        run = tmp_path / f"k{k}"
+        train(run, f"steps_per_execution={k}", "+callbacks.hooks._target_=myhooks.Hooks", "trainer.max_steps=10",
+              f"trainer.precision={precision}")
+        seen[k] = json.loads((run / "hooks.json").read_text())
+    assert len(seen[1]) == 30 and seen[4] == seen[1]
+    assert seen[1][:3] == [["before_backward", 0, True], ["after_backward", 0, True],
+                           ["before_optimizer_step", 0, True]]
+    assert seen[1][-1] == ["before_optimizer_step", 9, True]
+
+
 # ------------------------------------------------------------------ refusals
 
 @pytest.mark.parametrize("overrides, message", [
@@ -254,3 +319,17 @@ def test_a_limited_epoch_ends_at_its_limit():
     assert [(c.first, len(list(c))) for c in loader] == [(0, 4), (4, 1)] and loader.loader.epoch == 2
     assert limited_batches(12, 0.5) == 6 and limited_batches(12, 0.01) == 1 and limited_batches(12, 40) == 12
     assert isinstance(next(iter(loader)), Chunk)
+
+
+def test_the_lean_step_path_is_taken_only_where_it_is_lightnings_own():
+    import pytorch_lightning as pl
+
+    from cnnlab.train.fastpaths import StepHooks
+
+    def trainer(**kwargs: object) -> pl.Trainer:
+        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+    assert StepHooks.applies(trainer())
+    assert not StepHooks.applies(trainer(precision="bf16-mixed"))  # a loss scaler / autocast plugin: Lightning's path
+    assert not StepHooks.applies(trainer(profiler="simple"))  # the profiler times Lightning's own calls

@@ -83,9 +83,12 @@ class ChunkedLoader:
                 return
 
     def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
+        """The wrapped loader's position ({} for one without a state: a streamed image tree)."""
+        return self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or not hasattr(self.loader, "load_state_dict"):
+            return
         if state.get("batches_done", 0) >= self.batches_per_epoch:  # saved at the end of a (limited) epoch
             state = {**state, "epoch": state["epoch"] + 1, "batches_done": 0}
         self.loader.load_state_dict(state)

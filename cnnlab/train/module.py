@@ -22,9 +22,10 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.data.chunks import Chunk
+from cnnlab.data.datamodule import ImageDataModule
 from cnnlab.data.tta import views
 from cnnlab.train.ema import build_ema, ema_enabled
-from cnnlab.train.fastpaths import EpochMeans, LeanSteps
+from cnnlab.train.fastpaths import EpochMeans, LeanSteps, StepHooks
 from cnnlab.train.losses import Objective
 from cnnlab.train.optim import RunLength, build_optimizer, build_scheduler
 
@@ -78,6 +79,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         self.automatic_optimization = not manual_steps
         self.steps_per_call = 1
         self.clip: tuple[float | None, Any] = (None, None)
+        self._hooks: StepHooks | bool | None = None  # the chunks' step path, chosen once per fit
         self.schedules: list[dict[str, Any]] = []  # the lr-scheduler configs of configure_optimizers
         self._plateau_due = False  # a ReduceLROnPlateau step waits for the validation that follows its batch
         self.model, self.objective, self.num_classes = model, objective, num_classes
@@ -160,16 +162,28 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         if trainer.max_steps is not None and trainer.max_steps >= 0:
             chunk.size = max(0, min(chunk.size, trainer.max_steps - trainer.global_step))
         batches_per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
+        if self._hooks is None:  # once per fit: Lightning's own path, or its lean equivalent where that is the same
+            self._hooks = StepHooks(trainer, self) if StepHooks.applies(trainer) else False
+        hooks, datamodule, device = self._hooks, trainer.datamodule, trainer.strategy.root_device
+        lean_transfer = bool(hooks) and type(datamodule).on_before_batch_transfer is \
+            pl.LightningDataModule.on_before_batch_transfer and isinstance(datamodule, ImageDataModule)
         losses = []
         for offset, raw in enumerate(chunk):
-            batch = trainer.precision_plugin.convert_input(raw)
-            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
-            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            if lean_transfer:  # what Lightning's path calls here (fp32: no input conversion; the datamodule's hooks)
+                batch = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(raw, device, 0), 0)
+            else:
+                batch = trainer.precision_plugin.convert_input(raw)
+                batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
             loss, probs, targets = self._step(batch)
             self.train_means.update(loss, probs, targets)
             optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            if hooks:
+                hooks.backward(loss)
+                hooks.step(optimizer)
+            else:
+                self.manual_backward(loss)
+                optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             losses.append(loss.detach())
@@ -208,6 +222,9 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
                 value = self.trainer.callback_metrics.get(config["monitor"])
                 if value is not None:
                     self.lr_scheduler_step(config["scheduler"], value)
+
+    def on_train_start(self) -> None:
+        self._hooks = None  # this fit's callbacks and plugins decide the chunks' step path
 
     def on_validation_end(self) -> None:
         if not self.automatic_optimization and not self.trainer.sanity_checking:
