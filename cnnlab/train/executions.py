@@ -175,6 +175,8 @@ def install(trainer: Any, module: Any, datamodule: Any, steps: int) -> None:
         return
     module.steps_per_call = steps
     module.clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+    if trainer.gradient_clip_val:
+        module.on_before_optimizer_step = module.clip_before_step  # the hook only where there is clipping to do
     trainer.gradient_clip_val = None
     datamodule.steps_per_call = steps
     datamodule.train_limit = trainer.limit_train_batches  # normalised by Lightning: an int or a float fraction

@@ -167,7 +167,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         hooks, datamodule, device = self._hooks, trainer.datamodule, trainer.strategy.root_device
         lean_transfer = bool(hooks) and type(datamodule).on_before_batch_transfer is \
             pl.LightningDataModule.on_before_batch_transfer and isinstance(datamodule, ImageDataModule)
-        losses = []
+        losses, sizes, outcomes = [], [], []  # the epoch metrics take the chunk's steps together, at its end
         for offset, raw in enumerate(chunk):
             if lean_transfer:  # what Lightning's path calls here (fp32: no input conversion; the datamodule's hooks)
                 batch = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(raw, device, 0), 0)
@@ -175,9 +175,10 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
                 batch = trainer.precision_plugin.convert_input(raw)
                 batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            optimizer.zero_grad()  # before the forward pass: the last step's gradients are freed before it allocates
             loss, probs, targets = self._step(batch)
-            self.train_means.update(loss, probs, targets)
-            optimizer.zero_grad()
+            sizes.append(len(targets))
+            outcomes.append(self.train_means.step_outcome(probs, targets))
             if hooks:
                 hooks.backward(loss)
                 hooks.step(optimizer)
@@ -189,6 +190,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
             losses.append(loss.detach())
             index = chunk.first + offset  # the batch's place in the epoch, as Lightning's batch_idx counts it
             self._step_schedules(index, last=batches_per_epoch is not None and index + 1 == batches_per_epoch)
+        self.train_means.add_steps(losses, sizes, outcomes)
         if losses:
             # Lightning counts the steps its loggers see (the x axis of every logged metric) once per call, after
             # the callbacks' on_train_batch_end: count each optimizer step of the chunk, before those callbacks (one
@@ -230,11 +232,11 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         if not self.automatic_optimization and not self.trainer.sanity_checking:
             self._step_plateaus()
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        # Manual optimisation: clip where Lightning's automatic optimisation does, after the loss scaler's unscale
-        # and the callbacks' on_before_optimizer_step (which see the gradients unclipped, as they do there).
-        if not self.automatic_optimization and self.clip[0]:
-            self.configure_gradient_clipping(optimizer, self.clip[0], self.clip[1])
+    def clip_before_step(self, optimizer: Any) -> None:
+        """Manual optimisation's gradient clipping, as the module's on_before_optimizer_step hook (set by
+        executions.install when clipping is asked for): where Lightning's automatic optimisation clips, after the
+        loss scaler's unscale and the callbacks' on_before_optimizer_step, which see the gradients unclipped."""
+        self.configure_gradient_clipping(optimizer, self.clip[0], self.clip[1])
 
     def epoch_train_metrics(self) -> dict[str, Tensor]:
         """The training loss and accuracy of the epoch so far (reduced over DDP ranks by the metrics)."""
