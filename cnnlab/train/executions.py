@@ -29,10 +29,11 @@ import torch
 from cnnlab.errors import ConfigError
 
 AUTO = "auto"
-# Lightning's per-call cost on the 2-core CPU of README "Performance" (scripts/bench_overhead.py: a minimal
-# LightningModule's step less a bare loop's, ~0.4-0.5 ms, plus cnnlab's callbacks), rounded up so that a faster
-# machine, whose model steps are faster too, still amortises it.
-LIGHTNING_CALL_S = 0.6e-3
+# Lightning's per-call cost in a cnnlab run: the time between two calls of the module's training step that is spent
+# outside it (Lightning's loop, hooks and cnnlab's callbacks), 0.74-0.78 ms on the 2-core CPU of README
+# "Performance" (the MLP on Fashion-MNIST, K=16, one thread); a faster machine has faster model steps too, so the
+# ratio, which is what K follows, moves less than either.
+LIGHTNING_CALL_S = 0.8e-3
 CALL_SHARE = 0.05  # the most of a call Lightning's own cost may take under `auto`
 MAX_STEPS = 64  # auto's ceiling: interrupts, checkpoints and the progress bar wait at most this many steps
 
