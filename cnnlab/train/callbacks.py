@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from cnnlab.config import META_KEYS, instantiate
+from cnnlab.data.chunks import Chunk
 from cnnlab.errors import ConfigError
 from cnnlab.runs.layout import CHECKPOINT_DIR, CURVES_FILE, last_checkpoint
 from cnnlab.runs.read import read_metrics
@@ -110,12 +111,29 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
     return callbacks
 
 
+class CountsSteps:
+    """Progress-bar mixin: the bar counts training batches (optimizer steps) when Lightning's calls take several
+    (steps_per_execution), not the calls."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        per_epoch = getattr(self.trainer.train_dataloader, "batches_per_epoch", None)  # type: ignore[attr-defined]
+        return per_epoch if per_epoch is not None else super().total_train_batches  # type: ignore[misc]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if isinstance(batch, Chunk):
+            batch_idx = batch.first + batch.taken - 1  # the last batch the call trained on
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[misc]
+
+
 def progress_bar(kind: str) -> pl.Callback:
-    """Lightning's rich or tqdm bar, counting epochs from 1 like metrics.csv and the done line (`Epoch 1/3`)."""
+    """Lightning's rich or tqdm bar, counting epochs from 1 like metrics.csv and the done line (`Epoch 1/3`), and
+    training batches (CountsSteps)."""
     if kind == "rich":
         from pytorch_lightning.callbacks import RichProgressBar
 
-        class OneBasedRich(RichProgressBar):
+        class OneBasedRich(CountsSteps, RichProgressBar):
             def _get_train_description(self, current_epoch: int) -> str:
                 text = f"Epoch {current_epoch + 1}"
                 if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
@@ -125,7 +143,7 @@ def progress_bar(kind: str) -> pl.Callback:
         return OneBasedRich()
     from pytorch_lightning.callbacks import TQDMProgressBar
 
-    class OneBasedTqdm(TQDMProgressBar):
+    class OneBasedTqdm(CountsSteps, TQDMProgressBar):
         def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:  # Lightning's, one-based
             if self._leave:
                 self.train_progress_bar = self.init_train_tqdm()
