@@ -340,6 +340,7 @@ def test_the_progress_bar_counts_batches_not_calls(tmp_path: Path, capfd: pytest
     run = tmp_path / "run"
     assert main(["train", *[a for a in RUN if a != "progress_bar=none"], "progress_bar=tqdm", "trainer.max_epochs=1",
                  "steps_per_execution=5", f"hydra.run.dir={run}"]) == 0
-    lines = capfd.readouterr().err.replace("\r", "\n").splitlines()
+    out, err = capfd.readouterr()
+    lines = (out + err).replace("\r", "\n").splitlines()
     counts = {line.split("|")[2].split()[0] for line in lines if line.startswith("Epoch 1/1:") and line.count("|") >= 2}
     assert "12/12" in counts and not any(count.endswith("/3") for count in counts)  # 12 batches in 3 calls
