@@ -128,7 +128,10 @@ def plot(results: dict[int, dict[str, Any]], path: Path) -> None:
                 label=f"seed {seed}: test {r['test'] * 100:.2f}% at {r['wall']:.0f} s")
     for mark in MARKS:
         ax.axhline(mark * 100, color="grey", linewidth=0.6, linestyle="--")
-    ax.set(xlabel="seconds from the command's start", ylabel="accuracy %", ylim=(85, 95),
+    shown = [val * 100 for r in results.values() for _, _, val in r["epochs"] + [(0, 0, r["test"])]
+             if not math.isnan(val)]
+    ax.set(xlabel="seconds from the command's start", ylabel="accuracy %", xlim=(0, None),
+           ylim=(min(shown, default=0.0) - 1, max(shown, default=100.0) + 0.5),
            title=f"cnnlab train experiment={PRESET}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
