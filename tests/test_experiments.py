@@ -74,3 +74,14 @@ def test_preset_with_missing_dataset_is_the_usual_one_line(tmp_path: Path, capsy
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dataset 'mnist' not found" in err[0]
+
+
+def test_speedrun_preset_composes_to_the_measured_recipe():
+    cfg = compose(["experiment=fashion_mnist_speedrun"])
+    assert cfg.experiment.name == "fashion_mnist_speedrun" and cfg.test is True
+    assert cfg.model._target_ == "cnnlab.models.fast.FastCNN" and cfg.dataset.source._target_.endswith("fashion_mnist")
+    assert cfg.scheduler._target_.endswith("onecycle") and cfg.loss.label_smoothing > 0
+    # the test split stays out of training and validation: val comes from the training images
+    assert 0 < cfg.val_fraction < 1 and cfg.dataset.get("test_fraction") is None
+    # still overridable key by key, as the benchmark's --extra does
+    assert compose(["experiment=fashion_mnist_speedrun", "trainer.max_epochs=1"]).trainer.max_epochs == 1

@@ -14,6 +14,7 @@ from torch import nn
 from cnnlab.config import CONF_DIR
 from cnnlab.errors import ConfigError
 from cnnlab.models.classic import MLP, KerasLeNet, LeNet5, SimpleCNN
+from cnnlab.models.fast import FastCNN, Residual
 from cnnlab.models.summary import summarize
 from cnnlab.train.build import build_model
 
@@ -111,3 +112,30 @@ def test_every_catalogue_model_takes_a_training_step(name: str, channels: int, s
     optimizer.step()
     assert torch.isfinite(loss)
     assert not torch.equal(first.detach(), before), "the first layer's weights did not move"
+
+
+def test_fast_cnn_counts_and_shapes():
+    # conv 1->32 (288 + BN 64), conv 32->64 (18,432 + 128), residual 64->64 (36,864 + 128), conv 64->128
+    # (73,728 + 256), residual 128->128 (147,456 + 256), linear 128->10 (1,290): 278,890, as the YAML says
+    assert count(FastCNN(1, 10, 28)) == 278_890
+    assert count(FastCNN(1, 10, 28, widths=[8, 16], depth=0)) == 72 + 16 + 8 * 16 * 9 + 32 + 16 * 10 + 10
+    model = FastCNN(in_channels=3, num_classes=7, image_size=32, widths=[8, 16, 32], depth=2, dropout=0.2)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 1 + 2 * (1 + 2)
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.2 for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in FastCNN(batch_norm=False).modules())
+    # a residual conv adds its input back: zeroed, it passes the stage's activations through unchanged
+    residual = next(m for m in model.modules() if isinstance(m, Residual))
+    nn.init.zeros_(residual.body[0].weight)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(residual.eval()(x), x + residual.body(x)) and torch.allclose(residual(x), x)
+
+
+def test_fast_cnn_refuses_bad_knobs_and_too_small_images():
+    with pytest.raises(ConfigError, match=r"model fast_cnn needs images of at least 4x4 pixels, got 3x3"):
+        FastCNN(1, 10, image_size=3)
+    assert FastCNN(1, 10, image_size=4)(torch.zeros(2, 1, 4, 4)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model.widths"):
+        FastCNN(widths=[32, 0])
+    with pytest.raises(ConfigError, match=r"model.depth"):
+        FastCNN(depth=-1)
