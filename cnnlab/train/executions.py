@@ -111,8 +111,9 @@ def steps_for(step_seconds: float) -> int:
 
 def measure_step(module: Any, datamodule: Any, device: torch.device, repeats: int = 5) -> float | None:
     """Seconds of a forward and backward pass of the model on one training batch (normalised, not augmented): the
-    fastest of `repeats`, the least disturbed by other work; None when the training split streams from disk. The
-    weights' gradients, the buffers (BatchNorm statistics) and every random generator are put back as they were."""
+    fastest of `repeats` after a warm-up, the least disturbed by other work (just one for a model far too slow for
+    K > 1); None when the training split streams from disk. The weights' gradients, the buffers (BatchNorm
+    statistics) and every random generator are put back as they were."""
     images, labels = datamodule.splits["train"]
     if not isinstance(images, torch.Tensor):
         return None
@@ -122,10 +123,11 @@ def measure_step(module: Any, datamodule: Any, device: torch.device, repeats: in
     grads = {name: None if p.grad is None else p.grad.detach().clone() for name, p in model.named_parameters()}
     was_training = model.training
     on_cuda = device.type == "cuda"
-    times = []
+    times: list[float] = []
+    long_step = 2 * LIGHTNING_CALL_S * (1 - CALL_SHARE) / CALL_SHARE  # twice the step time that already means K=1
     with torch.random.fork_rng(devices=[device] if on_cuda else []):
         model.train()
-        for attempt in range(repeats + 2):  # two warm-up passes
+        for attempt in range(repeats + 1):  # one warm-up pass
             if on_cuda:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -133,8 +135,10 @@ def measure_step(module: Any, datamodule: Any, device: torch.device, repeats: in
             loss.backward()
             if on_cuda:
                 torch.cuda.synchronize(device)
-            if attempt >= 2:
+            if attempt >= 1:
                 times.append(time.perf_counter() - start)
+                if times[-1] > long_step:  # a slow model: K=1 whatever the other passes say; spare their time
+                    break
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
