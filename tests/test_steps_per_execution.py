@@ -108,6 +108,32 @@ def test_max_steps_not_a_multiple_of_k_stops_there(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_a_run_stopped_mid_call_at_max_steps_continues_exactly(tmp_path: Path):
+    endless = ["trainer.max_epochs=-1", "steps_per_execution=4"]
+    reference = train(tmp_path / "reference", *endless, "trainer.max_steps=30")
+    run = tmp_path / "run"
+    assert train(run, *endless, "trainer.max_steps=13")["global_step"] == 13  # one batch into epoch 2's first call
+    assert main(["train", f"resume={run}", "trainer.max_steps=30"]) == 0
+    assert_same_weights(load_checkpoint(run / "checkpoints" / "last.ckpt"), reference)
+    # (the resumed epoch's train_loss/train_acc cover the steps after the resume only, with K=1 too: a run that
+    # stopped at max_steps ended its epoch's metrics there)
+    keep = ("epoch", "step", "val_loss", "val_acc", "lr")
+    kept = [[{k: r[k] for k in keep} for r in rows(folder)] for folder in (run, tmp_path / "reference")]
+    assert kept[0] == kept[1]
+
+
+@pytest.mark.slow
+def test_a_callback_that_replaces_the_schedule_is_followed(tmp_path: Path):
+    swa = ["trainer.max_epochs=3", "+callbacks.swa._target_=pytorch_lightning.callbacks.StochasticWeightAveraging",
+           "+callbacks.swa.swa_lrs=0.01"]
+    one = train(tmp_path / "k1", *swa)
+    four = train(tmp_path / "k4", *swa, "steps_per_execution=4")
+    assert_same_weights(one, four)
+    assert rows(tmp_path / "k1") == rows(tmp_path / "k4")
+    assert len({row["lr"] for row in rows(tmp_path / "k4")}) > 1  # SWA's own schedule moved the lr
+
+
+@pytest.mark.slow
 def test_an_interrupt_lands_between_calls_and_resumes_to_the_same_weights(tmp_path: Path):
     args = [*RUN, "steps_per_execution=4", "scheduler=exp_decay", "augmentation=flip"]
     reference = tmp_path / "reference"
@@ -242,8 +268,10 @@ def test_a_users_callback_sees_every_step_hook_once_per_step(tmp_path: Path, mon
     (["steps_per_execution=fast"], "steps_per_execution='fast' is not allowed: auto or an integer >= 1"),
     (["steps_per_execution=4", "trainer.accumulate_grad_batches=2"],
      "steps_per_execution=4 does not combine with trainer.accumulate_grad_batches=2"),
-    (["steps_per_execution=4", "+trainer.val_check_interval=6"],
-     "steps_per_execution=4 does not divide trainer.val_check_interval=6"),
+    (["steps_per_execution=4", "+trainer.val_check_interval=8"],
+     "steps_per_execution=4 does not combine with trainer.val_check_interval=8"),
+    (["steps_per_execution=4", "+trainer.val_check_interval=0.5"],
+     "steps_per_execution=4 does not combine with trainer.val_check_interval=0.5"),
 ])
 def test_bad_settings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], message: str):
     code = main(["train", *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}"])

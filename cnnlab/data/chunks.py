@@ -71,16 +71,21 @@ class ChunkedLoader:
         return math.ceil(self.batches_per_epoch / self.steps)
 
     def __iter__(self) -> Iterator[Chunk]:
+        """Chunk j of an epoch ends at batch (j + 1) * steps (or the epoch's end), so an epoch has len(self) chunks
+        however it was cut. A resumed epoch begins where its checkpoint left it (`start`, in batches), and Lightning
+        counts the calls before it as ceil(start / steps), the last perhaps cut short by max_steps: the first chunk
+        after a resume takes the rest of that one too."""
         total = self.batches_per_epoch
-        start = getattr(self.loader, "start", 0)  # a resumed epoch begins where its checkpoint left it
+        start = getattr(self.loader, "start", 0)
         source = iter(self.loader)
         first = start
-        while first < total:
-            chunk = Chunk(source, first, min(self.steps, total - first))
+        for call in range(math.ceil(start / self.steps), len(self)):
+            end = min((call + 1) * self.steps, total)
+            chunk = Chunk(source, first, end - first)
             yield chunk
-            first += chunk.taken
-            if chunk.taken == 0:  # the wrapped loader ran dry early (a streamed dataset shorter than its length)
+            if chunk.taken < chunk.size:  # cut short (max_steps), or a streamed dataset shorter than its length
                 return
+            first = end
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped loader's position ({} for one without a state: a streamed image tree)."""

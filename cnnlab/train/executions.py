@@ -10,7 +10,8 @@ Lightning's per-call cost is paid once per K steps. Checkpoints and interrupts l
 
 - `1` (the default) is Lightning's automatic optimisation, exactly as before this setting existed.
 - An integer K > 1: K steps per call. `trainer.accumulate_grad_batches` > 1 and `trainer.overfit_batches` are
-  refused with it (manual optimisation has neither); an integer `trainer.val_check_interval` must be a multiple.
+  refused with it (manual optimisation has neither), and so is validation inside an epoch
+  (`trainer.val_check_interval`), which Lightning would place and act on by calls.
 - `auto`: manual optimisation, with K picked before training from the measured time of a few forward/backward
   passes of the model on a training batch (weights, buffers and random state put back afterwards): the smallest K
   for which Lightning's per-call cost (LIGHTNING_CALL_S) stays under CALL_SHARE (2%) of a call, at most MAX_STEPS; 1
@@ -59,11 +60,16 @@ def manual(cfg: Any) -> bool:
 
 
 def _needs_automatic(trainer: Any) -> str | None:
-    """The trainer setting that needs Lightning's automatic optimisation, if any."""
+    """The trainer setting that needs Lightning's automatic optimisation, if any: gradient accumulation and
+    overfit_batches (which manual optimisation does not have), and validation inside an epoch (a
+    val_check_interval other than 1.0), which Lightning would place, count and act on in calls, not steps."""
     if (trainer.get("accumulate_grad_batches") or 1) != 1:
         return "trainer.accumulate_grad_batches"
     if trainer.get("overfit_batches"):
         return "trainer.overfit_batches"
+    interval = trainer.get("val_check_interval")
+    if interval is not None and not (isinstance(interval, float) and interval == 1.0):
+        return "trainer.val_check_interval"
     return None
 
 
@@ -80,13 +86,9 @@ def check(cfg: Any) -> None:
     if blocker is not None:
         raise ConfigError("steps_per_execution", value, message=(
             f"steps_per_execution={value} does not combine with {blocker}={cfg.trainer.get(blocker.split('.')[1])}"
-            " (several steps per Lightning step use manual optimisation, which has no gradient accumulation "
-            "or overfit_batches): use steps_per_execution=1 or auto, which then runs one step per call"))
-    interval = cfg.trainer.get("val_check_interval")
-    if isinstance(interval, int) and not isinstance(interval, bool) and interval % value:
-        raise ConfigError("steps_per_execution", value, message=(
-            f"steps_per_execution={value} does not divide trainer.val_check_interval={interval} (validation runs "
-            "between chunks of steps): choose a K that divides it, or auto"))
+            " (several steps per Lightning step use manual optimisation, without gradient accumulation or "
+            "overfit_batches, and validate between epochs only): use steps_per_execution=1 or auto, which then "
+            "runs one step per call"))
 
 
 def check_resume(cfg: Any, saved: dict[str, Any], checkpoint: str) -> None:
@@ -169,16 +171,12 @@ def resolve(cfg: Any, module: Any, datamodule: Any, device: torch.device,
     seconds = measure_step(module, datamodule, device)
     if seconds is None:
         return 1, None
-    steps = steps_for(seconds)
-    interval = cfg.trainer.get("val_check_interval")
-    if isinstance(interval, int) and not isinstance(interval, bool):
-        steps = max(k for k in range(1, steps + 1) if interval % k == 0)
-    return steps, seconds
+    return steps_for(seconds), seconds
 
 
 def install(trainer: Any, module: Any, datamodule: Any, steps: int) -> None:
     """Hand the run's K to the module and the loader, and move the Trainer settings manual optimisation does itself
-    (gradient clipping, limit_train_batches, an integer val_check_interval) from Lightning to cnnlab."""
+    (gradient clipping, limit_train_batches) from Lightning to cnnlab."""
     if module.automatic_optimization:
         return
     module.steps_per_call = steps
@@ -189,5 +187,3 @@ def install(trainer: Any, module: Any, datamodule: Any, steps: int) -> None:
     datamodule.steps_per_call = steps
     datamodule.train_limit = trainer.limit_train_batches  # normalised by Lightning: an int or a float fraction
     trainer.limit_train_batches = 1.0
-    if isinstance(trainer.val_check_interval, int):
-        trainer.val_check_interval //= steps

@@ -200,30 +200,31 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
 
     def _step_schedules(self, batch_index: int, last: bool) -> None:
         """Lightning's schedule stepping after batch `batch_index` of the epoch (which manual optimisation leaves to
-        the module): a step-interval schedule every `frequency` batches, an epoch-interval one after the epoch's
-        last batch; ReduceLROnPlateau waits for the validation that follows (on_validation_end)."""
-        for config in self.schedules:
-            frequency = config.get("frequency", 1)
-            if config.get("interval", "epoch") == "step":
-                due = (batch_index + 1) % frequency == 0
+        the module), over Lightning's live list (a callback such as StochasticWeightAveraging may replace it): a
+        step-interval schedule every `frequency` batches, an epoch-interval one after the epoch's last batch;
+        ReduceLROnPlateau waits for the validation that follows (on_validation_end)."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "step":
+                due = (batch_index + 1) % config.frequency == 0
             else:
-                due = last and (self.trainer.current_epoch + 1) % frequency == 0
+                due = last and (self.trainer.current_epoch + 1) % config.frequency == 0
             if not due:
                 continue
-            if isinstance(config["scheduler"], lr_scheduler.ReduceLROnPlateau):
+            if isinstance(config.scheduler, lr_scheduler.ReduceLROnPlateau):
                 self._plateau_due = True
             else:
-                self.lr_scheduler_step(config["scheduler"], None)
+                self.lr_scheduler_step(config.scheduler, None)
 
     def _step_plateaus(self) -> None:
         if not self._plateau_due:
             return
         self._plateau_due = False
-        for config in self.schedules:
-            if isinstance(config["scheduler"], lr_scheduler.ReduceLROnPlateau):
-                value = self.trainer.callback_metrics.get(config["monitor"])
+        monitors = {id(c["scheduler"]): c.get("monitor") for c in self.schedules}  # manual mode drops the key
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, lr_scheduler.ReduceLROnPlateau):
+                value = self.trainer.callback_metrics.get(monitors.get(id(config.scheduler)) or self.monitor)
                 if value is not None:
-                    self.lr_scheduler_step(config["scheduler"], value)
+                    self.lr_scheduler_step(config.scheduler, value)
 
     def on_train_start(self) -> None:
         self._hooks = None  # this fit's callbacks and plugins decide the chunks' step path
