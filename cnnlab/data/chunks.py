@@ -20,10 +20,10 @@ from typing import Any
 
 class Chunk:
     """Up to `size` batches drawn one at a time from `source` as the chunk is iterated; `first` is the epoch index
-    (from 0) of its first batch, `taken` how many it has handed out so far."""
+    (from 0) of its first batch, `epoch_batches` the batches of its epoch, `taken` how many it has handed out."""
 
-    def __init__(self, source: Iterator[Any], first: int, size: int):
-        self.source, self.first, self.size = source, first, size
+    def __init__(self, source: Iterator[Any], first: int, size: int, epoch_batches: int):
+        self.source, self.first, self.size, self.epoch_batches = source, first, size, epoch_batches
         self.taken = 0
 
     def __len__(self) -> int:
@@ -79,9 +79,9 @@ class ChunkedLoader:
         start = getattr(self.loader, "start", 0)
         source = iter(self.loader)
         first = start
-        for call in range(math.ceil(start / self.steps), len(self)):
+        for call in range(math.ceil(start / self.steps), math.ceil(total / self.steps)):
             end = min((call + 1) * self.steps, total)
-            chunk = Chunk(source, first, end - first)
+            chunk = Chunk(source, first, end - first, total)
             yield chunk
             if chunk.taken < chunk.size:  # cut short (max_steps), or a streamed dataset shorter than its length
                 return

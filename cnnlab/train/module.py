@@ -161,7 +161,6 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         optimizer = self.optimizers()
         if trainer.max_steps is not None and trainer.max_steps >= 0:
             chunk.size = max(0, min(chunk.size, trainer.max_steps - trainer.global_step))
-        batches_per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
         if self._hooks is None:  # once per fit: Lightning's own path, or its lean equivalent where that is the same
             self._hooks = StepHooks(trainer, self) if StepHooks.applies(trainer) else False
         hooks, datamodule, device = self._hooks, trainer.datamodule, trainer.strategy.root_device
@@ -189,7 +188,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
                 self.ema.update_parameters(self.model)
             losses.append(loss.detach())
             index = chunk.first + offset  # the batch's place in the epoch, as Lightning's batch_idx counts it
-            self._step_schedules(index, last=batches_per_epoch is not None and index + 1 == batches_per_epoch)
+            self._step_schedules(index, last=index + 1 == chunk.epoch_batches)
         self.train_means.add_steps(losses, sizes, outcomes)
         if losses:
             # Lightning counts the steps its loggers see (the x axis of every logged metric) once per call, after
