@@ -61,10 +61,16 @@ def _watch(procs: list[subprocess.Popen], done: threading.Event) -> None:
 @contextmanager
 def local_ranks(trainer: Any) -> Iterator[None]:
     """Run the body as local rank 0 with ranks 1..N-1 started beside it (a no-op when none are needed)."""
+    import torch.distributed
+
     if not needs_local_ranks(trainer):
         yield
+        # A rank that leaves its process group to the interpreter's teardown can abort there ("terminate called
+        # without an active exception" from gloo's threads): each rank leaves it itself once its work is done.
+        # Only on success: after a failure the other ranks may still be inside a collective.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
         return
-    import torch.distributed
 
     strategy = trainer.strategy
     environment = strategy.cluster_environment
