@@ -204,6 +204,26 @@ def test_every_loss_gives_probabilities_over_the_classes(name):
     assert probs.shape == (6, 2) and torch.allclose(probs.sum(1), torch.ones(6))
 
 
+@pytest.mark.parametrize("classes", [2, 5])
+@pytest.mark.parametrize("name", LOSSES)
+def test_the_epoch_accuracy_decides_as_the_probabilities_do(name, classes):
+    """The training metrics skip the probabilities where the raw output ranks the classes as they do: the same
+    hits, for every loss's head, the one-logit sigmoid on two classes included."""
+    loss = objective(name, num_classes=classes)
+    raw = torch.randn(64, loss.output_units(classes), generator=torch.Generator().manual_seed(classes)) * 3
+    targets = torch.randint(0, classes, (64,), generator=torch.Generator().manual_seed(1))
+    means = EpochMeans()
+    assert torch.equal(means.step_outcome(loss.decision_scores(raw), targets)[0], loss.probabilities(raw).argmax(1))
+    shortcut = loss.decision_scores(raw) is raw
+    assert shortcut == (loss.head in ("logits", "log_probs", "probs"))  # softmax heads only
+
+
+def test_multilabel_decisions_are_the_thresholded_probabilities():
+    loss = objective("bce", num_classes=4, multilabel=True)
+    raw = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loss.decision_scores(raw), loss.probabilities(raw))
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_multilabel_data_needs_a_sigmoid_loss(name):
     if name in ("bce", "focal"):

@@ -53,7 +53,8 @@ class EpochMeans(Metric):
         self.add_state("decisions", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, loss: Tensor, probs: Tensor, targets: Tensor) -> None:
-        """`loss` is the batch mean; `probs` (B, C) and `targets` as ClassifierModule._step returns them."""
+        """`loss` is the batch mean; `probs` (B, C): class probabilities, or any scores that rank the classes as
+        they do (Objective.decision_scores); `targets` as ClassifierModule._step returns them."""
         self.loss_sum += loss.detach().float() * len(targets)
         self.samples += len(targets)
         correct, decisions = self.hits(probs, targets)

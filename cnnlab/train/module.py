@@ -132,10 +132,10 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
 
     # ------------------------------------------------------------ steps
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Loss, class probabilities and the targets the metrics compare them with."""
+        """Loss, the raw output (detached) and the targets the metrics compare its decisions with."""
         images, labels = batch
         raw = self(images)
-        return self.objective(raw, labels), self.objective.probabilities(raw.detach()), self._metric_targets(labels)
+        return self.objective(raw, labels), raw.detach(), self._metric_targets(labels)
 
     def _metric_targets(self, labels: Tensor) -> Tensor:
         """Class indices (argmax of mixup/cutmix target vectors), or 0/1 label vectors on multi-label data."""
@@ -146,8 +146,8 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor] | Chunk, batch_idx: int) -> Any:
         if isinstance(batch, Chunk):
             return self._chunk_steps(batch)
-        loss, probs, targets = self._step(batch)
-        self.train_means.update(loss, probs, targets)
+        loss, raw, targets = self._step(batch)
+        self.train_means.update(loss, self.objective.decision_scores(raw), targets)
         return loss
 
     def _chunk_steps(self, chunk: Chunk) -> dict[str, Tensor]:
@@ -175,9 +175,9 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
                 batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
             optimizer.zero_grad()  # before the forward pass: the last step's gradients are freed before it allocates
-            loss, probs, targets = self._step(batch)
+            loss, raw, targets = self._step(batch)
             sizes.append(len(targets))
-            outcomes.append(self.train_means.step_outcome(probs, targets))
+            outcomes.append(self.train_means.step_outcome(self.objective.decision_scores(raw), targets))
             if hooks:
                 hooks.backward(loss)
                 hooks.step(optimizer)
@@ -252,13 +252,14 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         self.train_means.reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, probs, targets = self._step(batch)
-        self.val_means.update(loss, probs, targets)
+        loss, raw, targets = self._step(batch)
+        self.val_means.update(loss, self.objective.decision_scores(raw), targets)
         if self.ema is not None:
-            raw = self.forward_ema(batch[0])
-            self.val_ema_means.update(self.objective(raw, batch[1]), self.objective.probabilities(raw), targets)
+            averaged = self.forward_ema(batch[0])
+            self.val_ema_means.update(self.objective(averaged, batch[1]), self.objective.decision_scores(averaged),
+                                      targets)
         if self.val_scores is not None:
-            self.val_scores.update(probs, targets)
+            self.val_scores.update(self.objective.probabilities(raw), targets)
             self.log_dict(self.val_scores, on_epoch=True, batch_size=len(targets))
 
     def on_validation_epoch_end(self) -> None:
