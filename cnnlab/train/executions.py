@@ -35,9 +35,9 @@ AUTO = "auto"
 # "Performance" (the MLP on Fashion-MNIST, K=16, one thread); a faster machine has faster model steps too, so the
 # ratio, which is what K follows, moves less than either.
 LIGHTNING_CALL_S = 0.8e-3
-# The most of a call Lightning's own cost may take under `auto`. 2%, not 5%: the per-step costs that stay (the lr
-# of every step sent to TensorBoard, ~40 us; the epoch metrics) take a few % of a small model's step already, and
-# a larger K costs nothing but a coarser interrupt (K steps of a fast model are a fraction of a second).
+# The most of a call Lightning's own cost may take under `auto`. 2%, not 5%: the per-step costs that stay (the
+# batch hand-over, the epoch metrics, the lr of every step for TensorBoard) take a few % of a small model's step
+# already, and a larger K costs nothing but a coarser interrupt (K steps of a fast model are a fraction of a second).
 CALL_SHARE = 0.02
 MAX_STEPS = 64  # auto's ceiling: interrupts, checkpoints and the progress bar wait at most this many steps
 
