@@ -53,6 +53,7 @@ def validate(cfg: Any) -> None:
     _check(isinstance(extras.get("grad_norm", False), bool), "tensorboard.grad_norm", extras.get("grad_norm"),
            "true or false")
     _check_choices(cfg)
+    _check_tta(cfg)
     _check_run(cfg)
     _check_trainer(cfg.trainer)
     _check_monitor(cfg)
@@ -114,6 +115,12 @@ def _check_components(cfg: Any) -> None:
                         f"logger.{name} ({target}) needs the mlflow package, which is not installed: "
                         "pip install 'cnnlab[mlflow]'"))
             check_keywords(f"{group}.{name}", node, required=True)
+
+
+def _check_tta(cfg: Any) -> None:
+    from cnnlab.data.tta import check_for_dataset
+
+    check_for_dataset(cfg.get("tta", "none"), cfg.dataset)
 
 
 def _check_ema(cfg: Any) -> None:

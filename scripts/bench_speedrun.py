@@ -9,7 +9,9 @@ missed (none should) gets the time computed from the run folder instead: summary
 time of the first training batch) plus the epoch_time_s of it and the epochs before it, which leaves out the
 short gaps between epochs. Printed per seed and as mean ± std: total wall seconds, start-up (command to first
 training batch), time to validation accuracy >= 92% and >= 93% (val is the preset's held-out part of the training
-split; the test set is touched once, at the end), best val acc and test acc.
+split; the test set is touched once, at the end), best val acc and test acc. Where the preset tests with
+test-time augmentation (`tta`), the test accuracy on the images alone is measured too, after the timed run, with
+`cnnlab eval RUN tta=none`.
 
     python scripts/bench_speedrun.py                            # seeds 0 1 2 (about 7 minutes on 2 CPUs)
     python scripts/bench_speedrun.py --seeds 0 --extra trainer.max_epochs=2 --plot curves.png
@@ -77,10 +79,20 @@ def read_run(run_dir: Path, started_unix: float, wall: float, seen: dict[int, fl
         epochs.append((epoch, seen.get(epoch, elapsed), val))
     reached = {mark: next((at for _, at, val in epochs if val >= mark), None) for mark in MARKS}
     test = (summary.get("test") or {}).get("test/acc")
-    return {"wall": wall, "startup": startup, "epochs": epochs, "reached": reached,
+    return {"wall": wall, "startup": startup, "epochs": epochs, "reached": reached, "tta": summary.get("test_tta"),
             "train": sum(float(row["epoch_time_s"]) for row in run_rows(run_dir)),
             "best_val": max((val for _, _, val in epochs), default=math.nan),
             "test": float(test) if test is not None else math.nan}
+
+
+def plain_test_accuracy(run_dir: Path) -> float:
+    """The run's test accuracy on the images alone (`cnnlab eval RUN tta=none`), after the timed run: what the test
+    gives without the preset's test-time augmentation."""
+    out = run_dir / "eval_plain"
+    subprocess.run([sys.executable, "-m", "cnnlab", "eval", str(run_dir), "tta=none", "--out", str(out)],
+                   check=True, capture_output=True)
+    report = json.loads(next(out.glob("*_test.json")).read_text())
+    return float(report["metrics"]["acc"])
 
 
 def spread(values: list[float | None], digits: int = 1, scale: float = 1.0) -> str:
@@ -96,7 +108,9 @@ def spread(values: list[float | None], digits: int = 1, scale: float = 1.0) -> s
 
 def table(results: dict[int, dict[str, Any]]) -> str:
     """The per-seed lines and the mean ± std line."""
-    head = ("seed", "wall s", "start-up s", "train+val s", "val>=92% at s", "val>=93% at s", "best val %", "test %")
+    tta = next((r["tta"] for r in results.values() if r["tta"]), None)
+    head = ("seed", "wall s", "start-up s", "train+val s", "val>=92% at s", "val>=93% at s", "best val %",
+            f"test % (tta {tta})" if tta else "test %", *(["test % (images alone)"] if tta else []))
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
 
     def cell(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
@@ -105,12 +119,13 @@ def table(results: dict[int, dict[str, Any]]) -> str:
     for seed, r in results.items():
         lines.append(" | ".join([str(seed), cell(r["wall"]), cell(r["startup"]), cell(r["train"]),
                                  cell(r["reached"][0.92]), cell(r["reached"][0.93]), cell(r["best_val"], 2, 100),
-                                 cell(r["test"], 2, 100)]))
+                                 cell(r["test"], 2, 100), *([cell(r.get("plain"), 2, 100)] if tta else [])]))
     rows = list(results.values())
     lines.append(" | ".join(["mean ± std", spread([r["wall"] for r in rows]), spread([r["startup"] for r in rows]),
                              spread([r["train"] for r in rows]),
                              spread([r["reached"][0.92] for r in rows]), spread([r["reached"][0.93] for r in rows]),
-                             spread([r["best_val"] for r in rows], 2, 100), spread([r["test"] for r in rows], 2, 100)]))
+                             spread([r["best_val"] for r in rows], 2, 100), spread([r["test"] for r in rows], 2, 100),
+                             *([spread([r.get("plain") for r in rows], 2, 100)] if tta else [])]))
     return "\n".join("| " + line + " |" for line in lines)
 
 
@@ -160,7 +175,11 @@ def main() -> None:
             started_unix, wall, seen = run_once(seed, options.extra, run_dir)
             results[seed] = read_run(run_dir, started_unix, wall, seen)
             r = results[seed]
-            print(f"seed {seed}: {wall:.1f} s, test acc {r['test'] * 100:.2f}%, val "
+            if r["tta"]:  # the test averaged views: its accuracy on the images alone too (not timed)
+                r["plain"] = plain_test_accuracy(run_dir)
+            tested = f"test acc {r['test'] * 100:.2f}%" + (
+                f" (tta {r['tta']}; images alone {r['plain'] * 100:.2f}%)" if r["tta"] else "")
+            print(f"seed {seed}: {wall:.1f} s, {tested}, val "
                   + " ".join(f"{val * 100:.2f}@{at:.0f}s" for _, at, val in r["epochs"]), flush=True)
     print(f"\nload average after the runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, CPUs: {os.cpu_count()}")
     print(table(results))

@@ -115,3 +115,43 @@ def test_digit_datasets_disallow_flips():
     flags = {path.stem: OmegaConf.load(path).flip_ok for path in sorted((CONF_DIR / "dataset").glob("*.yaml"))}
     assert {name for name, ok in flags.items() if not ok} == {"mnist", "emnist", "kmnist", "digits", "svhn"}
     assert flags["cifar10"] and flags["fashion_mnist"]
+
+
+@pytest.mark.slow
+def test_train_tests_with_its_tta_and_eval_and_predict_of_the_run_follow_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture):
+    run = tmp_path / "run"
+    assert main(["train", "dataset=synthetic", "progress_bar=none", "trainer.max_epochs=1", "tta=flip",
+                 f"hydra.run.dir={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_tta"] == "flip"
+    code, _, err = run_cli(capsys, "eval", run, "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "best_test_tta-flip.json").read_text())  # the run's own tta
+    assert report["tta"] == "flip"
+    assert report["metrics"]["acc"] == pytest.approx(summary["test"]["test/acc"], abs=1e-6)
+    code, _, err = run_cli(capsys, "eval", run, "tta=none", "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval" / "best_test.json").read_text())["tta"] == "none"
+
+    restored = restore_checked(run)
+    datamodule = build_prediction_datamodule(restored, load_data=True)
+    images = datamodule.splits["test"][0][:4]
+    files = []
+    for i, image in enumerate(images):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy().squeeze()).save(files[-1])
+    outputs = {}
+    for extra in ([], ["--tta", "flip"], ["--tta", "none"]):
+        code, out, err = run_cli(capsys, "predict", run, *files, "--top-k", "10", "--format", "json", *extra)
+        assert code == 0, err
+        outputs[" ".join(extra)] = json.loads(out)
+    assert outputs[""] == outputs["--tta flip"] != outputs["--tta none"]
+
+
+@pytest.mark.parametrize("tta, dataset", [("flip", "digits"), ("rotate", "synthetic")])
+def test_train_refuses_a_tta_before_training(tmp_path: Path, capsys: pytest.CaptureFixture, tta: str, dataset: str):
+    code, _, err = run_cli(capsys, "train", f"dataset={dataset}", f"tta={tta}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "does not allow flips" in err if tta == "flip" else "one of none, flip, shift, flip_shift" in err
+    assert not (tmp_path / "r" / "summary.json").exists()

@@ -15,7 +15,14 @@ import torch
 from cnnlab.cli.common import TRUST_HELP, Parser, restore_checked
 from cnnlab.data.tta import check_tta
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, changes_results, set_tta
+from cnnlab.train.trained import (
+    Restored,
+    build_prediction_datamodule,
+    build_trained_module,
+    changes_results,
+    run_tta,
+    set_tta,
+)
 
 SPLITS = ("test", "val")
 METRIC_NAMES = {"acc": "accuracy (top-1)", "acc_top5": "accuracy (top-5)", "precision": "precision (macro)",
@@ -33,7 +40,7 @@ def parser() -> Parser:
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run folder (uses the checkpoint the run tested)")
     parser.add_argument("overrides", nargs="*", help=(
         "key=value for the saved config; split=test|val; tta=none|flip|shift|flip_shift (test-time augmentation: "
-        "probabilities averaged over mirrored and/or shifted views)"))
+        "probabilities averaged over mirrored and/or shifted views; default: the run's own tta)"))
     parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--out", type=Path, help="folder for the JSON and PNG (default: RUN/eval/)")
     return parser
@@ -42,8 +49,9 @@ def parser() -> Parser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     options, overrides = _eval_options(args.overrides)
-    split, tta = options["split"], options["tta"]
+    split = options["split"]
     restored = restore_checked(args.path, overrides, trust=args.trust)
+    tta = options["tta"] or run_tta(restored)
     report = evaluate(restored, split, tta=tta)
     report["overrides"] = overrides
     out_dir = args.out or _default_out_dir(restored)
@@ -66,7 +74,7 @@ def report_stem(checkpoint_stem: str, split: str, overrides: list[str]) -> str:
 
 def _eval_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     """`split=...` and `tta=...` are eval's own options; everything else overrides the saved config."""
-    options, rest = {"split": "test", "tta": "none"}, []
+    options, rest = {"split": "test", "tta": ""}, []  # tta "": the run's own
     for item in overrides:
         key, _, value = item.partition("=")
         if key == "split":

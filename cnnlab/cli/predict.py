@@ -21,7 +21,14 @@ from cnnlab.data.arrays import fit_images
 from cnnlab.data.images import IMAGE_EXTENSIONS, image_files, read_image
 from cnnlab.data.tta import MODES
 from cnnlab.errors import ConfigError
-from cnnlab.train.trained import Restored, build_prediction_datamodule, build_trained_module, fabric_for, set_tta
+from cnnlab.train.trained import (
+    Restored,
+    build_prediction_datamodule,
+    build_trained_module,
+    fabric_for,
+    run_tta,
+    set_tta,
+)
 
 FORMATS = ("table", "json", "csv")
 
@@ -41,8 +48,9 @@ def parser() -> Parser:
     parser.add_argument("--top-k", type=int, default=3, help="how many classes per image (default 3)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the run's)")
-    parser.add_argument("--tta", choices=MODES, default="none", help=(
-        "test-time augmentation: probabilities averaged over mirrored and/or shifted views (default none)"))
+    parser.add_argument("--tta", choices=MODES, default=None, help=(
+        "test-time augmentation: probabilities averaged over mirrored and/or shifted views (default: the run's "
+        "own tta, which is none unless it was trained with one)"))
     parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--accelerator", help="cpu, gpu, auto... (default: the run's trainer.accelerator)")
     return parser
@@ -57,7 +65,7 @@ def main(argv: list[str]) -> int:
     files = image_files(args.images)
     restored = restore_checked(args.path, trust=args.trust)
     predictions = predict(restored, files, args.top_k, batch_size=args.batch_size, accelerator=args.accelerator,
-                          tta=args.tta)
+                          tta=args.tta or run_tta(restored))
     {"table": print_table, "json": print_json, "csv": print_csv}[args.format](predictions)
     return 0
 

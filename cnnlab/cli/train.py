@@ -303,6 +303,8 @@ def run(cfg: DictConfig) -> float | None:
     summary["speed"]["steps_per_execution"] = steps_per_call if not module.automatic_optimization else 1
     if step_seconds is not None:
         summary["speed"]["step_ms"] = round(step_seconds * 1000, 3)  # auto's measurement of one forward/backward
+    if cfg.test and cfg.get("tta", "none") != "none":
+        summary["test_tta"] = cfg.tta  # the views the test metrics were averaged over
     if cfg.get("cv") and cfg.cv.get("folds"):
         summary["cv"] = {"folds": cfg.cv.folds, "fold": cfg.cv.fold}
     if resumed is not None:
@@ -318,6 +320,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if cfg.test:
             ckpt = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+            module.tta = cfg.get("tta", "none")  # checked by validate against the dataset's flip_ok
             results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
             test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         raise_if_stop_requested(trainer)

@@ -11,6 +11,8 @@ classes change under a mirror (digits, characters) says `flip_ok: false` in its 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,6 +29,12 @@ def check_tta(mode: str, flip_ok: bool, dataset: str = "this dataset") -> None:
         raise ConfigError("tta", mode, message=(
             f"tta={mode}: {dataset} does not allow flips (dataset.flip_ok=false: a mirrored image shows another "
             "class or none); use tta=shift or tta=none"))
+
+
+def check_for_dataset(mode: str, dataset: Any) -> None:
+    """check_tta against a dataset config: its `flip_ok` (configs saved before the key existed allow flips)."""
+    source = str(dataset.get("source", {}).get("_target_", "this dataset")).rsplit(".", 1)[-1]
+    check_tta(mode, bool(dataset.get("flip_ok", True)), f"dataset {source}")
 
 
 def shift_pixels(image_size: int) -> int:

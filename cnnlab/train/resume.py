@@ -31,10 +31,11 @@ from cnnlab.runs.write import write_metrics
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.executions import check_resume
 
-# Keys a resumed run may change: how long it trains, where and how fast, what it prints and whether it tests at the end.
+# Keys a resumed run may change: how long it trains, where and how fast, what it prints, whether and how it tests at
+# the end.
 RESUMABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.accelerator", "trainer.devices", "progress_bar",
-             "test", "data_dir", "num_workers", "dataset.source.num_workers", "threads", "compile", "data_on_device",
-             "trainer.log_every_n_steps", "ckpt_path")
+             "test", "tta", "data_dir", "num_workers", "dataset.source.num_workers", "threads", "compile",
+             "data_on_device", "trainer.log_every_n_steps", "ckpt_path")
 _PLAIN = re.compile(r"^[\w./:@~+-]*$")
 
 

@@ -255,13 +255,19 @@ def build_trained_module(restored: Restored) -> Any:
     return module.eval()
 
 
+def run_tta(restored: Restored) -> str:
+    """The test-time augmentation the run was tested with (`tta`; none for runs saved before the key existed). A
+    saved config is data: a mode outside data/tta.py's list is refused by set_tta, one line."""
+    tta = restored.cfg.get("tta", "none")
+    return tta if isinstance(tta, str) and tta else "none"
+
+
 def set_tta(module: Any, cfg: DictConfig, tta: str) -> None:
     """Test-time augmentation (cnnlab/data/tta.py) for the module's test step and predictions, where the dataset
     allows it (`dataset.flip_ok`; runs saved before the key existed allow flips)."""
-    from cnnlab.data.tta import check_tta
+    from cnnlab.data.tta import check_for_dataset
 
-    source = str(cfg.dataset.get("source", {}).get("_target_", "this dataset")).rsplit(".", 1)[-1]
-    check_tta(tta, bool(cfg.dataset.get("flip_ok", True)), f"dataset {source}")
+    check_for_dataset(tta, cfg.dataset)
     module.tta = tta
 
 
