@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,14 @@ def test_a_failed_run_keeps_its_error_in_train_log(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnnlab: error: non-finite training loss")
     assert "error: " + err.removeprefix("cnnlab: error: ") in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_by_max_steps_is_quiet(tmp_path: Path):
+    """The epoch cut short ends without validation: no warning that the best-checkpoint metric is missing."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "train", *TINY, "trainer.max_steps=3", "batch_size=8",
+                           "hydra.run.dir=run"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3

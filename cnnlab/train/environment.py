@@ -113,6 +113,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")  # resume
+    # An epoch cut short (trainer.max_steps, max_time) ends without validation, so the best-checkpoint callback has
+    # no monitored value at that epoch's end: expected (validate checks the `monitor` key before training).
+    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor=.*could not find the monitored key.*")
 
     class _NoTips(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:

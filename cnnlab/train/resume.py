@@ -172,7 +172,8 @@ def load_for_resume(cfg: Any, config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def trim_metrics(run_dir: Path, checkpoint: dict[str, Any]) -> None:
-    """Drop metrics.csv rows of epochs the checkpoint had not reached: training redoes them."""
+    """Drop metrics.csv rows of epochs the checkpoint had not reached: training redoes them. (The row of an epoch
+    cut short by max_steps stays until a resumed run finishes that epoch and rewrites it.)"""
     rows = read_metrics(run_dir)
     kept = [row for row in rows if row.get("step") is not None and row["step"] <= checkpoint["global_step"]]
     if len(kept) != len(rows):
@@ -242,20 +243,56 @@ class ResumeState(pl.Callback):
     That is the RNG states, partly accumulated metrics, and the training loader's position: Lightning saves the
     latter too, but never loads it back when `configure_optimizers` has already asked for the loader (to size
     a schedule through `estimated_stepping_batches`), as ours does.
+
+    An epoch cut short (trainer.max_steps, trainer.max_time) ends with Lightning's epoch-end hooks, and the
+    checkpoints written there would tell a resumed run that the epoch was done while the loader resumes inside it:
+    the rest of that epoch would be counted as the next one, and a run with max_epochs would end an epoch early.
+    Those checkpoints are written as the same step's mid-epoch checkpoint (what an interrupt after that step
+    saves), with the epoch's metric sums from before the epoch-end reset; resuming continues the epoch exactly.
     """
 
     def __init__(self) -> None:
         self.trainer: pl.Trainer | None = None
         self.loaded: dict[str, Any] | None = None
+        self.cut_short: dict[str, Any] | None = None  # the metric states of an epoch cut short, at its end
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.trainer = trainer
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cut_short = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Callbacks' epoch-end hooks run before the module's, which resets the epoch metrics; checkpoint callbacks
+        # (monitoring ones) save after it.
+        if trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches:
+            self.cut_short = metric_states(pl_module)
+
+    def _in_cut_epoch_end(self, trainer: pl.Trainer | None) -> bool:
+        """Inside the epoch-end hooks of an epoch cut short (processed, not yet completed)."""
+        if self.cut_short is None or trainer is None:
+            return False
+        progress = trainer.fit_loop.epoch_progress.current
+        return progress.processed == progress.completed + 1
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if not self._in_cut_epoch_end(trainer) or "loops" not in checkpoint:
+            return
+        fit_loop = checkpoint["loops"]["fit_loop"]
+        epochs = fit_loop["epoch_progress"]
+        # The counters as they stood after the step's on_train_batch_end, before the epoch end advanced them.
+        for part in ("current", "total"):
+            epochs[part]["processed"] -= 1
+            fit_loop["epoch_loop.batch_progress"][part]["completed"] -= 1
+        fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"rng": rng_states(), "metrics": {}}
         if self.trainer is not None:
             epoch_loop = self.trainer.fit_loop.epoch_loop
-            if epoch_loop.batch_progress.current.completed < self.trainer.num_training_batches:  # mid-epoch
+            if self._in_cut_epoch_end(self.trainer):
+                state["metrics"] = self.cut_short
+            elif epoch_loop.batch_progress.current.completed < self.trainer.num_training_batches:  # mid-epoch
                 state["metrics"] = metric_states(self.trainer.lightning_module)
             loader = self.trainer.train_dataloader
             if hasattr(loader, "state_dict"):
