@@ -93,12 +93,19 @@ class Trained:
         """The model's raw outputs as class probabilities (the loss's own head: softmax, sigmoid, ...)."""
         return self._objective.probabilities(outputs)
 
-    def predict(self, images: Sequence[Any]) -> Any:
-        """Class probabilities, (N, classes), for image files or uint8 tensors."""
+    def predict(self, images: Sequence[Any], tta: str | None = None) -> Any:
+        """Class probabilities, (N, classes), for image files or uint8 tensors, averaged over the test-time views
+        of `tta` (none, flip, shift, flip_shift; default: the run's own `tta`, as `cnnlab predict` uses)."""
         import torch
 
+        from cnnlab.data.tta import check_for_dataset, views
+        from cnnlab.train.trained import run_tta
+
+        mode = run_tta(self._restored) if tta is None else tta
+        check_for_dataset(mode, self._restored.cfg.dataset)
         with torch.inference_mode():
-            return self.probabilities(self.model(self.preprocess(images))).float()
+            probs = [self.probabilities(self.model(view)).float() for view in views(self.preprocess(images), mode)]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
 def train(overrides: Sequence[str] = (), config_dir: PathLike | Sequence[PathLike] | None = None) -> Run:

@@ -148,10 +148,38 @@ def test_train_tests_with_its_tta_and_eval_and_predict_of_the_run_follow_it(tmp_
         outputs[" ".join(extra)] = json.loads(out)
     assert outputs[""] == outputs["--tta flip"] != outputs["--tta none"]
 
+    import cnnlab
 
-@pytest.mark.parametrize("tta, dataset", [("flip", "digits"), ("rotate", "synthetic")])
+    trained = cnnlab.load(run)  # the Python API predicts as the command does
+    for extra, mode in (("", None), ("--tta none", "none")):
+        expected = {entry["index"]: entry["probability"] for entry in outputs[extra][0]["predictions"]}
+        got = trained.predict(files[:1], tta=mode)[0]
+        assert [float(got[i]) for i in sorted(expected)] == pytest.approx([expected[i] for i in sorted(expected)],
+                                                                          abs=1e-6)
+
+    # Validation saw the images alone: split=val defaults to none and gives back the run's best val_acc.
+    code, _, err = run_cli(capsys, "eval", run, "split=val", "--out", tmp_path / "val")
+    assert code == 0, err
+    report = json.loads((tmp_path / "val" / "best_val.json").read_text())
+    assert report["tta"] == "none"
+    assert report["metrics"]["acc"] == pytest.approx(summary["best"]["val_acc"], abs=1e-6)
+    # A tta given on the command line replaces the saved one before the saved config is checked.
+    code, _, err = run_cli(capsys, "eval", run, "dataset.flip_ok=false", "tta=none", "--out", tmp_path / "x")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "eval", run, "dataset.flip_ok=false", "--out", tmp_path / "x")
+    assert code == 2 and "does not allow flips" in err
+
+
+@pytest.mark.parametrize("tta, dataset", [("flip", "digits"), ("rotate", "synthetic"),
+                                          ("flip", "digits dataset.flip_ok='false'")])
 def test_train_refuses_a_tta_before_training(tmp_path: Path, capsys: pytest.CaptureFixture, tta: str, dataset: str):
-    code, _, err = run_cli(capsys, "train", f"dataset={dataset}", f"tta={tta}", f"hydra.run.dir={tmp_path / 'r'}")
+    code, _, err = run_cli(capsys, "train", *f"dataset={dataset}".split(), f"tta={tta}",
+                           f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "does not allow flips" in err if tta == "flip" else "one of none, flip, shift, flip_shift" in err
+    if "flip_ok" in dataset:  # a string would read as true: flips on digits
+        assert "dataset.flip_ok='false' is not allowed: true or false" in err
+    elif tta == "flip":
+        assert "does not allow flips" in err
+    else:
+        assert "one of none, flip, shift, flip_shift" in err
     assert not (tmp_path / "r" / "summary.json").exists()

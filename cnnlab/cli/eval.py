@@ -40,7 +40,8 @@ def parser() -> Parser:
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run folder (uses the checkpoint the run tested)")
     parser.add_argument("overrides", nargs="*", help=(
         "key=value for the saved config; split=test|val; tta=none|flip|shift|flip_shift (test-time augmentation: "
-        "probabilities averaged over mirrored and/or shifted views; default: the run's own tta)"))
+        "probabilities averaged over mirrored and/or shifted views; default: the run's own tta for split=test, none "
+        "for split=val)"))
     parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
     parser.add_argument("--out", type=Path, help="folder for the JSON and PNG (default: RUN/eval/)")
     return parser
@@ -50,8 +51,11 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     options, overrides = _eval_options(args.overrides)
     split = options["split"]
-    restored = restore_checked(args.path, overrides, trust=args.trust)
-    tta = options["tta"] or run_tta(restored)
+    # The run's own tta is its test's; its validation saw the images alone. One given here replaces the saved one
+    # before the saved config is checked (`tta=none` must get past a saved mode the dataset refuses).
+    chosen = options["tta"] or ("none" if split == "val" else "")
+    restored = restore_checked(args.path, [*overrides, *([f"++tta={chosen}"] if chosen else [])], trust=args.trust)
+    tta = chosen or run_tta(restored)
     report = evaluate(restored, split, tta=tta)
     report["overrides"] = overrides
     out_dir = args.out or _default_out_dir(restored)

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size", args.batch_size, "an integer >= 1")
     files = image_files(args.images)
-    restored = restore_checked(args.path, trust=args.trust)
+    # A --tta given replaces the saved one before the saved config is checked.
+    restored = restore_checked(args.path, [f"++tta={args.tta}"] if args.tta else [], trust=args.trust)
     predictions = predict(restored, files, args.top_k, batch_size=args.batch_size, accelerator=args.accelerator,
                           tta=args.tta or run_tta(restored))
     {"table": print_table, "json": print_json, "csv": print_csv}[args.format](predictions)

@@ -32,9 +32,13 @@ def check_tta(mode: str, flip_ok: bool, dataset: str = "this dataset") -> None:
 
 
 def check_for_dataset(mode: str, dataset: Any) -> None:
-    """check_tta against a dataset config: its `flip_ok` (configs saved before the key existed allow flips)."""
+    """check_tta against a dataset config: its `flip_ok`, true or false (configs saved before the key existed allow
+    flips)."""
+    flip_ok = dataset.get("flip_ok", True)
+    if not isinstance(flip_ok, bool):  # a string "false" would read as true
+        raise ConfigError("dataset.flip_ok", flip_ok, "true or false")
     source = str(dataset.get("source", {}).get("_target_", "this dataset")).rsplit(".", 1)[-1]
-    check_tta(mode, bool(dataset.get("flip_ok", True)), f"dataset {source}")
+    check_tta(mode, flip_ok, f"dataset {source}")
 
 
 def shift_pixels(image_size: int) -> int:

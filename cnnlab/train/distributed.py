@@ -64,11 +64,12 @@ def local_ranks(trainer: Any) -> Iterator[None]:
     import torch.distributed
 
     if not needs_local_ranks(trainer):
+        joined = torch.distributed.is_available() and torch.distributed.is_initialized()  # the caller's own group
         yield
         # A rank that leaves its process group to the interpreter's teardown can abort there ("terminate called
-        # without an active exception" from gloo's threads): each rank leaves it itself once its work is done.
-        # Only on success: after a failure the other ranks may still be inside a collective.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # without an active exception" from gloo's threads): each rank leaves the group this run made itself once
+        # its work is done. Only on success: after a failure the other ranks may still be inside a collective.
+        if not joined and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         return
 
