@@ -162,6 +162,7 @@ class StreamingLoader:
         self.loader = DataLoader(FileDataset(files, labels), batch_sampler=self.batches, num_workers=num_workers,
                                  collate_fn=collate, persistent_workers=num_workers > 0,
                                  worker_init_fn=folders.ignore_stop_signals,
+                                 multiprocessing_context=folders.worker_context() if num_workers > 0 else None,
                                  pin_memory=torch.cuda.is_available())
 
     def __len__(self) -> int:

@@ -103,7 +103,8 @@ class ImageFiles:
         if num_workers > 0:
             end_workers_at_exit()
         loader = DataLoader(FileDataset(self, labels), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate, worker_init_fn=ignore_stop_signals)
+                            collate_fn=collate, worker_init_fn=ignore_stop_signals,
+                            multiprocessing_context=worker_context() if num_workers > 0 else None)
         out = torch.empty(len(self), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         start = 0
         for batch in loader:
@@ -129,6 +130,18 @@ def ignore_stop_signals(worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def worker_context() -> Any:
+    """The multiprocessing context for DataLoader workers: None (torch's default) in an ordinary process; a standard
+    one where the process's default start method is another library's, as in a joblib (loky) job of a multirun,
+    whose Popen cannot start torch's workers ("'Process' object has no attribute 'env'")."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 @functools.cache
