@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import QUICK
+from conftest import QUICK, make_image_folder
 
 from cnnlab.cli import main
 
@@ -24,6 +24,21 @@ def test_joblib_runs_jobs_in_parallel_processes(tmp_path: Path):
     assert [s["choices"]["loss"] for s in summaries] == ["ce", "nll"]
     pids = {s["pid"] for s in summaries}
     assert len(pids) == 2 and os.getpid() not in pids, "each job runs in its own worker process"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["true", "false"])  # decoded once by workers, or streamed by workers every epoch
+def test_joblib_jobs_read_image_trees_with_dataloader_workers(tmp_path: Path, cache: str):
+    """A loky worker's default start method is loky's own, whose Popen cannot start torch's DataLoader workers."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[launchers]'")
+    images = make_image_folder(tmp_path / "images", per_class=6)
+    sweep = tmp_path / "sweep"
+    code = main(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", "dataset=imagefolder",
+                 f"dataset.root={images}", "dataset.image_size=16", f"dataset.source.cache={cache}", "num_workers=1",
+                 "model=mlp", "model.hidden=[8]", "test=false", *QUICK, f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
 
 
 def test_slurm_launcher_submits_a_script_with_partition_gpus_time_and_the_interrupt_signal(

@@ -159,10 +159,12 @@ class StreamingLoader:
         self.batches = _EpochBatches(len(labels), batch_size, shuffle, seed)
         if num_workers > 0:
             folders.end_workers_at_exit()
+        context = folders.worker_context() if num_workers > 0 else None
+        # Workers live across epochs, except inside a joblib (loky) job: its process ends through multiprocessing's
+        # own exit path, which would wait forever for workers that ignore SIGTERM; there they end with each epoch.
         self.loader = DataLoader(FileDataset(files, labels), batch_sampler=self.batches, num_workers=num_workers,
-                                 collate_fn=collate, persistent_workers=num_workers > 0,
-                                 worker_init_fn=folders.ignore_stop_signals,
-                                 multiprocessing_context=folders.worker_context() if num_workers > 0 else None,
+                                 collate_fn=collate, persistent_workers=num_workers > 0 and context is None,
+                                 worker_init_fn=folders.ignore_stop_signals, multiprocessing_context=context,
                                  pin_memory=torch.cuda.is_available())
 
     def __len__(self) -> int:
