@@ -60,3 +60,56 @@ def test_metrics_rows_past_the_checkpoint_are_dropped(tmp_path: Path):
     write_metrics(tmp_path, rows)
     trim_metrics(tmp_path, {"global_step": 20})  # a checkpoint taken mid-epoch 3
     assert [(r["epoch"], r["step"]) for r in read_metrics(tmp_path)] == [(1, 8), (2, 16)]
+
+
+def _lengths(scheduler: dict, before: tuple, after: tuple, recorded: dict | None) -> None:
+    from omegaconf import OmegaConf
+
+    from cnnlab.train.resume import check_schedule_length
+
+    cfg = OmegaConf.create({"scheduler": scheduler, "trainer": {"max_epochs": after[0], "max_steps": after[1]}})
+    saved = {"trainer": {"max_epochs": before[0], "max_steps": before[1]}}
+    check_schedule_length(cfg, saved, {"cnnlab": recorded or {}}, "run/checkpoints/last.ckpt")
+
+
+ONECYCLE = {"_target_": "cnnlab.train.optim.onecycle"}
+
+
+@pytest.mark.parametrize("scheduler, after", [
+    (ONECYCLE, (2, -1)),  # 5 -> 22 steps: past a one-cycle's end
+    (ONECYCLE, (-1, -1)),  # no end at all
+    ({"_target_": "cnnlab.train.optim.cosine"}, (2, 8)),
+    ({"_target_": "cnnlab.train.optim.exp_decay", "warmup_fraction": 0.1}, (2, 8)),
+])
+def test_a_resume_cannot_train_past_a_schedule_sized_by_the_run(scheduler: dict, after: tuple):
+    with pytest.raises(ConfigError, match=r"was sized for the 5 optimizer steps .* resume for at most that long"):
+        _lengths(scheduler, (2, 5), after, {"run_steps": 5, "steps_per_epoch": 11})
+
+
+def test_schedule_length_allows_shorter_runs_unsized_schedules_and_old_checkpoints():
+    recorded = {"run_steps": 22, "steps_per_epoch": 11}
+    _lengths(ONECYCLE, (2, -1), (2, 10), recorded)  # stopping earlier under the same schedule
+    _lengths({"_target_": "cnnlab.train.optim.exp_decay"}, (2, -1), (5, -1), recorded)  # not sized by the run
+    _lengths(ONECYCLE, (2, -1), (5, -1), None)  # written before the length was recorded: not checked
+    _lengths(ONECYCLE, (2, -1), (2, -1), recorded)  # the same settings
+    _lengths(ONECYCLE, (2, 5), (3, 5), {"run_steps": 5, "steps_per_epoch": 11})  # max_steps still bounds it
+
+
+@pytest.mark.slow
+def test_training_on_past_a_one_cycle_is_one_line_and_leaves_the_run_as_it_was(tmp_path: Path, capsys):
+    from conftest import TINY
+
+    from cnnlab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "scheduler=onecycle", "batch_size=8", "trainer.max_steps=5",
+                 f"hydra.run.dir={run}"]) == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file() and path.name != "train.log"}
+    capsys.readouterr()
+    assert main(["train", f"resume={run}", "trainer.max_steps=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnlab: error: scheduler=onecycle was sized for the 5 optimizer steps") and "\n" not in err
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file() and path.name != "train.log"} \
+        == before  # train.log keeps the error line, as for every refused command
+    assert "error: scheduler=onecycle was sized" in (run / "train.log").read_text()
+    assert main(["train", f"resume={run}", "trainer.max_steps=5"]) == 0  # as long as it was: fine

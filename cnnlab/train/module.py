@@ -81,6 +81,7 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
         self.clip: tuple[float | None, Any] = (None, None)
         self._hooks: StepHooks | bool | None = None  # the chunks' step path, chosen once per fit
         self.schedules: list[dict[str, Any]] = []  # the lr-scheduler configs of configure_optimizers
+        self.run_length: RunLength | None = None  # the run the schedule was sized for, kept in checkpoints
         self._plateau_due = False  # a ReduceLROnPlateau step waits for the validation that follows its batch
         self.model, self.objective, self.num_classes = model, objective, num_classes
         # NHWC memory layout for convolutions (faster on GPUs with tensor cores, and with bf16); same numbers.
@@ -315,7 +316,8 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.optimizer_cfg, self.model)
-        schedulers = build_scheduler(self.scheduler_cfg, optimizer, RunLength.of(self.trainer, self.monitor, self.mode))
+        self.run_length = RunLength.of(self.trainer, self.monitor, self.mode)
+        schedulers = build_scheduler(self.scheduler_cfg, optimizer, self.run_length)
         # Manual optimisation (steps_per_execution) steps them itself (_step_schedules); Lightning keeps them in
         # checkpoints, and would only warn about the keys it does not use then.
         self.schedules = schedulers
@@ -326,5 +328,8 @@ class ClassifierModule(LeanSteps, pl.LightningModule):
     # ------------------------------------------------------------ checkpoints carry the config as plain data
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cnnlab"] = {"config": self.config, "num_classes": self.num_classes}
+        if self.run_length is not None:  # what the schedule was sized for (resume.check_schedule_length)
+            checkpoint["cnnlab"]["run_steps"] = self.run_length.total_steps
+            checkpoint["cnnlab"]["steps_per_epoch"] = self.run_length.steps_per_epoch
         if not self.automatic_optimization:  # the run's K, kept on resume so that its chunks line up
             checkpoint["cnnlab"]["steps_per_execution"] = self.steps_per_call

@@ -169,6 +169,19 @@ def lr_tags(optimizers: Sequence[torch.optim.Optimizer]) -> list[str]:
     return tags
 
 
+# cnnlab's schedules whose shape is set by the run's length (their torch schedulers keep it in their state).
+_SIZED_BY_RUN = ("cnnlab.train.optim.multistep", "cnnlab.train.optim.cosine", "cnnlab.train.optim.onecycle")
+
+
+def sized_by_run(node: Any) -> str | None:
+    """What of the schedule config is sized by the run's length (`scheduler=onecycle`, `scheduler.warmup_fraction`),
+    or None: a resumed run keeps the restored schedule, so it cannot change its length under it."""
+    if node.get("warmup_fraction"):
+        return "scheduler.warmup_fraction"
+    target = node.get("_target_")
+    return f"scheduler={str(target).rsplit('.', 1)[-1]}" if target in _SIZED_BY_RUN else None
+
+
 def _total(run: RunLength, what: str) -> int:
     if run.total_steps is None:
         raise ConfigError("trainer.max_epochs", -1,

@@ -30,6 +30,7 @@ from cnnlab.runs.read import read_metrics, read_summary
 from cnnlab.runs.write import write_metrics
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.executions import check_resume
+from cnnlab.train.optim import sized_by_run
 
 # Keys a resumed run may change: how long it trains, where and how fast, what it prints, whether and how it tests at
 # the end.
@@ -168,7 +169,40 @@ def load_for_resume(cfg: Any, config: dict[str, Any]) -> dict[str, Any] | None:
     saved = upgrade(checkpoint["cnnlab"]["config"])
     check_same_config(config, saved, str(path))
     check_resume(cfg, saved, str(path))  # also for runs saved before steps_per_execution existed
+    check_schedule_length(cfg, saved, checkpoint, str(path))
     return checkpoint
+
+
+def _run_steps(max_epochs: Any, max_steps: Any, steps_per_epoch: int) -> int | None:
+    """A run's length in optimizer steps, as Lightning bounds it (None: no set end)."""
+    bounds = [steps_per_epoch * max_epochs] if isinstance(max_epochs, int) and max_epochs >= 0 else []
+    bounds += [max_steps] if isinstance(max_steps, int) and max_steps >= 0 else []
+    return min(bounds) if bounds else None
+
+
+def check_schedule_length(cfg: Any, saved: dict[str, Any], checkpoint: dict[str, Any], path: str) -> None:
+    """ConfigError when a resumed run would train past the end of a schedule sized by its length (onecycle,
+    cosine, multistep, warmup_fraction): the restored schedule keeps the length it was built for, and a one-cycle
+    stepped past it fails inside torch while a cosine turns back up. Training for as long or shorter is fine.
+    Checkpoints written before the length was recorded are not checked."""
+    recorded = checkpoint.get("cnnlab") or {}
+    old_steps, per_epoch = recorded.get("run_steps"), recorded.get("steps_per_epoch")
+    sized = sized_by_run(cfg.scheduler)
+    if sized is None or not isinstance(old_steps, int) or not isinstance(per_epoch, int):
+        return
+    trainer = cfg.trainer
+    before = saved.get("trainer") or {}
+    if (trainer.get("max_epochs"), trainer.get("max_steps", -1)) == (before.get("max_epochs"),
+                                                                     before.get("max_steps", -1)):
+        return
+    steps = _run_steps(trainer.get("max_epochs"), trainer.get("max_steps", -1), per_epoch)
+    if steps is not None and steps <= old_steps:
+        return
+    length = "no set end" if steps is None else f"{steps} optimizer steps"
+    raise ConfigError("trainer.max_steps", trainer.get("max_steps", -1), message=(
+        f"{sized} was sized for the {old_steps} optimizer steps {path} was trained for, and a resumed run keeps its "
+        f"schedule: it cannot train on to {length} under it (trainer.max_epochs={trainer.get('max_epochs')}, "
+        f"trainer.max_steps={trainer.get('max_steps', -1)}); resume for at most that long, or start a new run"))
 
 
 def trim_metrics(run_dir: Path, checkpoint: dict[str, Any]) -> None:
