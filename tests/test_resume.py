@@ -113,3 +113,22 @@ def test_training_on_past_a_one_cycle_is_one_line_and_leaves_the_run_as_it_was(t
         == before  # train.log keeps the error line, as for every refused command
     assert "error: scheduler=onecycle was sized" in (run / "train.log").read_text()
     assert main(["train", f"resume={run}", "trainer.max_steps=5"]) == 0  # as long as it was: fine
+
+
+@pytest.mark.slow
+def test_early_stopping_in_a_run_cut_short_by_max_steps(tmp_path: Path):
+    """The epoch cut short has no validation: early stopping checks after validations only (it stopped the run with
+    "metric val/acc not available" before), and the run trains on from there."""
+    from conftest import TINY
+
+    from cnnlab.cli import main
+
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.max_epochs=2", "batch_size=8", "early_stopping.enabled=true", "early_stopping.patience=5"]
+    assert main(["train", *args, "trainer.max_steps=5", f"hydra.run.dir={run}"]) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert main(["train", f"resume={run}", "trainer.max_steps=-1"]) == 0
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2]
+    assert main(["train", *args, f"hydra.run.dir={tmp_path / 'straight'}"]) == 0
+    straight = read_metrics(tmp_path / "straight")
+    assert [row["val_acc"] for row in read_metrics(run)] == [row["val_acc"] for row in straight]

@@ -101,8 +101,10 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         callbacks.append(TensorBoardExtras(extras.get("histograms_every") or 0, bool(extras.get("grad_norm")),
                                            extras.get("misclassified") or 0))
     if cfg.early_stopping.enabled:
+        # Checked right after each validation, not at the training epoch's end: an epoch cut short by max_steps
+        # has no validation, and would stop the run with a missing metric (epoch 1) or count a stale one.
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping.patience,
-                                       min_delta=cfg.early_stopping.min_delta))
+                                       min_delta=cfg.early_stopping.min_delta, check_on_train_epoch_end=False))
     bar = cfg.progress_bar
     if bar == "auto":
         bar = "rich" if sys.stdout.isatty() else "none"

@@ -271,6 +271,18 @@ def set_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
         metric._computed = None
 
 
+def epoch_cut_short(trainer: pl.Trainer) -> bool:
+    """Whether the training epoch now ending stopped before its last batch (trainer.max_steps). Counted in batches:
+    with steps_per_execution the last call of an epoch may be cut short inside, which Lightning's count of calls
+    does not show."""
+    loader = trainer.train_dataloader
+    per_epoch = getattr(loader, "batches_per_epoch", None)
+    state = loader.state_dict() if per_epoch is not None and hasattr(loader, "state_dict") else {}
+    if "batches_done" in state:
+        return state["batches_done"] < per_epoch
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches
+
+
 class ResumeState(pl.Callback):
     """Saves what Lightning's own checkpoint leaves out; puts it back just before the first resumed step.
 
@@ -299,7 +311,7 @@ class ResumeState(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Callbacks' epoch-end hooks run before the module's, which resets the epoch metrics; checkpoint callbacks
         # (monitoring ones) save after it.
-        if trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches:
+        if epoch_cut_short(trainer):
             self.cut_short = metric_states(pl_module)
 
     def _in_cut_epoch_end(self, trainer: pl.Trainer | None) -> bool:
@@ -319,6 +331,7 @@ class ResumeState(pl.Callback):
             epochs[part]["processed"] -= 1
             fit_loop["epoch_loop.batch_progress"][part]["completed"] -= 1
         fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+        fit_loop["epoch_loop.batch_progress"]["is_last_batch"] = False  # a cut last call of steps_per_execution
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"rng": rng_states(), "metrics": {}}
