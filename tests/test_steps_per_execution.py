@@ -387,3 +387,14 @@ def test_the_progress_bar_counts_batches_not_calls(tmp_path: Path, capfd: pytest
     lines = (out + err).replace("\r", "\n").splitlines()
     counts = {line.split("|")[2].split()[0] for line in lines if line.startswith("Epoch 1/1:") and line.count("|") >= 2}
     assert "12/12" in counts and not any(count.endswith("/3") for count in counts)  # 12 batches in 3 calls
+
+
+@pytest.mark.slow
+def test_a_cut_inside_an_epochs_last_call_skips_that_epochs_rest_when_training_on(tmp_path: Path):
+    """K=4 on 12-batch epochs: a stop at step 10 falls inside the third and last call, which Lightning counts as
+    done; training on skips batches 11 and 12 and trains the next epoch whole (it trained nothing more before)."""
+    run = tmp_path / "run"
+    assert train(run, "steps_per_execution=4", "trainer.max_steps=10")["global_step"] == 10
+    assert main(["train", f"resume={run}", "trainer.max_steps=-1"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 10 + 12
+    assert [(r["epoch"], r["step"]) for r in rows(run)] == [("1", "10"), ("2", "22")]

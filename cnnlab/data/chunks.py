@@ -79,7 +79,14 @@ class ChunkedLoader:
         start = getattr(self.loader, "start", 0)
         source = iter(self.loader)
         first = start
-        for call in range(math.ceil(start / self.steps), math.ceil(total / self.steps)):
+        calls = range(math.ceil(start / self.steps), math.ceil(total / self.steps))
+        if not calls and start < total:
+            # Resumed inside the epoch's last call, which Lightning counts as done (a run cut there by max_steps):
+            # no call is left for the epoch's rest, which is skipped so that the next epoch starts afresh.
+            for _ in source:
+                pass
+            return
+        for call in calls:
             end = min((call + 1) * self.steps, total)
             chunk = Chunk(source, first, end - first, total)
             yield chunk
