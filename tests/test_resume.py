@@ -132,3 +132,24 @@ def test_early_stopping_in_a_run_cut_short_by_max_steps(tmp_path: Path):
     assert main(["train", *args, f"hydra.run.dir={tmp_path / 'straight'}"]) == 0
     straight = read_metrics(tmp_path / "straight")
     assert [row["val_acc"] for row in read_metrics(run)] == [row["val_acc"] for row in straight]
+
+
+@pytest.mark.slow
+def test_validation_every_second_epoch_still_checkpoints_every_epoch(tmp_path: Path):
+    """Lightning saves a checkpoint callback's file after validation only when validation skips epochs: the last
+    checkpoint is written at every epoch's end all the same (there was none before epoch 2's validation)."""
+    from conftest import TINY
+
+    from cnnlab.cli import main
+
+    args = [*TINY, "trainer.max_epochs=2", "batch_size=8", "+trainer.check_val_every_n_epoch=2"]
+    run = tmp_path / "run"
+    assert main(["train", *args, "trainer.max_steps=15", f"hydra.run.dir={run}"]) == 0  # cut inside epoch 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 15
+    assert main(["train", f"resume={run}", "trainer.max_steps=-1"]) == 0
+    assert main(["train", *args, f"hydra.run.dir={tmp_path / 'straight'}"]) == 0
+    resumed, straight = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False)
+                         for r in (run, tmp_path / "straight"))
+    assert resumed["global_step"] == straight["global_step"] == 22
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name

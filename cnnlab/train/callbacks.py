@@ -88,7 +88,10 @@ def run_callbacks(cfg: Any, run_dir: Path, mode: str, title: str, stop: StopRequ
         EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best", monitor=cfg.monitor, mode=mode,
                         save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
         # Every epoch's end (Lightning's save_last only follows the best): what resume and failures fall back on.
-        EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", enable_version_counter=False),
+        # Lightning would save it after validations only when they skip epochs (check_val_every_n_epoch > 1).
+        EpochCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="last", enable_version_counter=False,
+                        save_on_train_epoch_end=True if (cfg.trainer.get("check_val_every_n_epoch") or 1) != 1
+                        else None),
         LearningRates(),
         RunLog(run_dir, title=title),
         *user_callbacks(cfg),
