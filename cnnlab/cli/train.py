@@ -252,6 +252,7 @@ def run(cfg: DictConfig) -> float | None:
     from cnnlab.train.fastpaths import CallbackGroup
     from cnnlab.train.interrupts import StopRequest, raise_if_stop_requested
     from cnnlab.train.loggers import build_loggers
+    from cnnlab.train.trained import set_tta
 
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -320,7 +321,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if cfg.test:
             ckpt = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-            module.tta = cfg.get("tta", "none")  # checked by validate against the dataset's flip_ok
+            set_tta(module, cfg, cfg.get("tta", "none"))
             results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
             test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         raise_if_stop_requested(trainer)

@@ -271,10 +271,10 @@ def set_metric_states(module: torch.nn.Module, states: dict[str, Any]) -> None:
         metric._computed = None
 
 
-def epoch_cut_short(trainer: pl.Trainer) -> bool:
-    """Whether the training epoch now ending stopped before its last batch (trainer.max_steps). Counted in batches:
-    with steps_per_execution the last call of an epoch may be cut short inside, which Lightning's count of calls
-    does not show."""
+def epoch_unfinished(trainer: pl.Trainer) -> bool:
+    """Whether the training epoch has batches left (mid-epoch, or an epoch ending early at trainer.max_steps).
+    Counted in batches: with steps_per_execution the last call of an epoch may be cut short inside, which
+    Lightning's count of calls does not show."""
     loader = trainer.train_dataloader
     per_epoch = getattr(loader, "batches_per_epoch", None)
     state = loader.state_dict() if per_epoch is not None and hasattr(loader, "state_dict") else {}
@@ -311,7 +311,7 @@ class ResumeState(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Callbacks' epoch-end hooks run before the module's, which resets the epoch metrics; checkpoint callbacks
         # (monitoring ones) save after it.
-        if epoch_cut_short(trainer):
+        if epoch_unfinished(trainer):
             self.cut_short = metric_states(pl_module)
 
     def _in_cut_epoch_end(self, trainer: pl.Trainer | None) -> bool:
@@ -336,10 +336,9 @@ class ResumeState(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"rng": rng_states(), "metrics": {}}
         if self.trainer is not None:
-            epoch_loop = self.trainer.fit_loop.epoch_loop
             if self._in_cut_epoch_end(self.trainer):
                 state["metrics"] = self.cut_short
-            elif epoch_loop.batch_progress.current.completed < self.trainer.num_training_batches:  # mid-epoch
+            elif epoch_unfinished(self.trainer):
                 state["metrics"] = metric_states(self.trainer.lightning_module)
             loader = self.trainer.train_dataloader
             if hasattr(loader, "state_dict"):
